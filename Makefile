@@ -1,0 +1,48 @@
+# Entry points of the suite. On a fresh machine `make test` and `make train-knee` are all you type:
+# the first target that needs it creates .venv and installs the suite into it.
+SHELL := /bin/bash
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv test test-fast lint format bench clean \
+	train-knee train-ra2 train-spine train-boneage train-mura
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %d.%d); set PYTHON_BOOT=/path/to/python3.11" % sys.version_info[:2])'
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: venv
+	$(PY) -m bench
+
+# --- training entry points: phantoms into data/phantoms/PKG when absent, then the demo preset ---
+define train_pkg
+	@test -d data/phantoms/$(1) || $(PY) -m $(1) synthesize --out-dir data/phantoms/$(1) $(2)
+	$(PY) -m $(1) train --data-dir data/phantoms/$(1) --out-dir runs/$(1) --preset demo $(3)
+	@echo "Report: $$(pwd)/runs/$(1)/report.html"
+endef
+
+train-knee: venv
+	$(call train_pkg,kneeoa,,$(TRAIN_ARGS))
+
+clean:
+	rm -rf runs bench/_work .pytest_cache

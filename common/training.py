@@ -1,0 +1,480 @@
+"""One training engine for every package, the same under the default, mirrored and multi-worker strategies.
+
+Keras 3 `Model.fit` fails under `tf.distribute.MultiWorkerMirroredStrategy` (keras-team/keras#20585:
+"Attempt to convert a value (PerReplica...)"). `Trainer` drives `strategy.run` itself instead:
+
+- per-output losses are computed per example (`reduction="none"`), multiplied by sample weights
+  (missing labels weigh 0), summed, and divided by the number of examples in the GLOBAL batch
+  (all-reduced), so one replica, two mirrored replicas and two workers take the same step;
+- the Keras optimizer all-reduces the gradients (as inside `Model.fit`);
+- validation runs on every worker over the whole validation set with the same weights, so the
+  monitored values, and therefore the Keras callbacks (ReduceLROnPlateau, EarlyStopping,
+  ModelCheckpoint, ...), take the same decisions everywhere and the workers stay in step;
+- after every epoch the chief writes an atomic checkpoint (weights, optimizer variables, history,
+  callback state) that `resume=True` continues from, and rewrites `history.csv`, so a run killed
+  at any moment, even by SIGKILL, loses at most the epoch in progress.
+
+Multi-worker runs assume `run_dir` is on a file system every worker can read (for `resume`);
+only the chief writes to it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from common.distribute import is_chief
+from common.distribute import worker_dir
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.csv"
+_CALLBACK_STATE_ATTRS = ("wait", "best", "cooldown_counter", "stopped_epoch", "best_epoch")
+
+
+def _per_example_loss(spec):
+    """A callable `(y_true, y_pred) -> (batch,)` from a loss name, a Keras `Loss` or a function."""
+    if isinstance(spec, str):
+        spec = keras.losses.get(spec)
+    if isinstance(spec, keras.losses.Loss):
+        config = spec.get_config()
+        config["reduction"] = "none"
+        return spec.__class__.from_config(config)
+    if callable(spec):
+        return spec
+    raise ValueError(
+        f"A loss must be a name, a keras.losses.Loss or a callable. Received: {spec!r}"
+    )
+
+
+def _unpack(batch):
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+    raise ValueError(
+        "A dataset element must be (inputs, targets) or (inputs, targets, sample_weights)."
+    )
+
+
+def _atomic_write_text(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _to_float(value):
+    value = float(np.asarray(value))
+    return value if math.isfinite(value) else float("nan")
+
+
+class Trainer:
+    """Trains a Keras model with a loop over `strategy.run`; see the module docstring.
+
+    Args:
+        build_model: callable returning a `keras.Model`; called inside the strategy's scope.
+            Model outputs may be one tensor or a dict keyed by output name.
+        losses: dict output name -> loss (name, `keras.losses.Loss`, or callable returning a
+            per-example vector), or one loss for a single-output model.
+        optimizer: callable returning a Keras optimizer (created inside the scope), or a name.
+        loss_weights: dict output name -> weight of that output's loss (paper 000's multi-loss
+            `sum_b w_b L_b`, paper 002's `omega_t`). Defaults to 1 for each.
+        strategy: a `tf.distribute.Strategy`; defaults to the current one.
+        run_dir: folder for checkpoints and `history.csv`; `None` keeps nothing on disk.
+        callbacks: callable `run_dir -> list[keras.callbacks.Callback]` (given a private folder on
+            non-chief workers), or a list.
+        val_metrics: optional callable `(y_true: dict, y_pred: dict) -> dict[str, float]` computed on
+            the validation set after each epoch; its keys are logged with a `val_` prefix.
+        seed: seeds Python, NumPy and TensorFlow before the model is built.
+        verbose: 0 silent, 1 progress bar per epoch (chief only).
+    """
+
+    def __init__(
+        self,
+        build_model: Callable[[], keras.Model],
+        *,
+        losses,
+        optimizer="adam",
+        loss_weights=None,
+        strategy=None,
+        run_dir=None,
+        callbacks=None,
+        val_metrics=None,
+        seed=0,
+        verbose=1,
+    ):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.chief = is_chief(self.strategy)
+        self.run_dir = None if run_dir is None else os.fspath(run_dir)
+        self.verbose = int(verbose) if self.chief else 0
+        self.val_metrics = val_metrics
+        keras.utils.set_random_seed(int(seed))
+        with self.strategy.scope():
+            self.model = build_model()
+            if isinstance(optimizer, str) or not callable(optimizer):
+                self.optimizer = keras.optimizers.get(optimizer)
+            else:
+                self.optimizer = optimizer()
+            self.model.compile(optimizer=self.optimizer)
+            self.optimizer.build(self.model.trainable_variables)
+        self.output_names = list(self.model.output_names)
+        if not isinstance(losses, dict):
+            if len(self.output_names) != 1:
+                raise ValueError(
+                    f"The model has outputs {self.output_names}: give `losses` as a dict keyed by them."
+                )
+            losses = {self.output_names[0]: losses}
+        unknown = sorted(set(losses) - set(self.output_names))
+        if unknown:
+            raise ValueError(
+                f"Losses for unknown outputs {unknown}. Model outputs: {self.output_names}"
+            )
+        self.losses = {name: _per_example_loss(spec) for name, spec in losses.items()}
+        loss_weights = dict(loss_weights or {})
+        unknown = sorted(set(loss_weights) - set(self.losses))
+        if unknown:
+            raise ValueError(f"Loss weights for outputs without a loss: {unknown}")
+        self.loss_weights = {name: float(loss_weights.get(name, 1.0)) for name in self.losses}
+        self._file_dir = None
+        if self.run_dir is not None:
+            if self.chief:
+                os.makedirs(os.path.join(self.run_dir, CHECKPOINT_DIR), exist_ok=True)
+            self._file_dir = worker_dir(self.run_dir, self.strategy)
+            os.makedirs(os.path.join(self._file_dir, CHECKPOINT_DIR), exist_ok=True)
+        if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
+            callbacks = callbacks(self._file_dir or self.run_dir)
+        self.callbacks = list(callbacks or [])
+        self._train_step = None
+        self._predict_step = None
+
+    # ------------------------------------------------------------------ losses
+    def _as_dict(self, value):
+        if isinstance(value, dict):
+            return value
+        return {self.output_names[0]: value}
+
+    def _loss_sums(self, targets, predictions, sample_weights):
+        targets = self._as_dict(targets)
+        predictions = self._as_dict(predictions)
+        sums = {}
+        for name, loss_fn in self.losses.items():
+            y_true = targets[name]
+            y_pred = predictions[name]
+            values = loss_fn(y_true, y_pred)
+            values = tf.cast(values, tf.float32)
+            if values.shape.rank and values.shape.rank > 1:
+                values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+            if sample_weights is not None:
+                weight = (
+                    sample_weights[name] if isinstance(sample_weights, dict) else sample_weights
+                )
+                weight = tf.reshape(tf.cast(weight, tf.float32), [-1])
+                values = values * weight
+            sums[name] = tf.reduce_sum(values)
+        return sums
+
+    def _combine(self, sums, count):
+        return tf.add_n([self.loss_weights[k] * sums[k] for k in sums]) / tf.maximum(count, 1.0)
+
+    # ------------------------------------------------------------------ steps
+    def _make_train_step(self):
+        strategy = self.strategy
+        model = self.model
+        optimizer = self.optimizer
+
+        def step_fn(batch):
+            inputs, targets, sample_weights = _unpack(batch)
+            local_count = tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float32)
+            context = tf.distribute.get_replica_context()
+            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
+            with tf.GradientTape() as tape:
+                predictions = model(inputs, training=True)
+                sums = self._loss_sums(targets, predictions, sample_weights)
+                loss = self._combine(sums, global_count)
+                regularization = tf.constant(0.0)
+                if model.losses:
+                    regularization = tf.add_n([tf.cast(v, tf.float32) for v in model.losses])
+                    loss = loss + regularization / strategy.num_replicas_in_sync
+            variables = model.trainable_variables
+            gradients = tape.gradient(loss, variables)
+            optimizer.apply_gradients(
+                [(g, v) for g, v in zip(gradients, variables) if g is not None]
+            )
+            return sums, local_count, regularization / strategy.num_replicas_in_sync
+
+        @tf.function(reduce_retracing=True)
+        def train_step(batch):
+            sums, count, regularization = strategy.run(step_fn, args=(batch,))
+            reduce = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
+            return {k: reduce(v) for k, v in sums.items()}, reduce(count), reduce(regularization)
+
+        return train_step
+
+    def _make_predict_step(self):
+        model = self.model
+
+        @tf.function(reduce_retracing=True)
+        def predict_step(inputs):
+            return model(inputs, training=False)
+
+        return predict_step
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_dir(self, for_writing):
+        base = self._file_dir if for_writing else self.run_dir
+        return os.path.join(base, CHECKPOINT_DIR)
+
+    def _callback_state(self):
+        state = []
+        for callback in self.callbacks:
+            entry = {"class": type(callback).__name__}
+            for attr in _CALLBACK_STATE_ATTRS:
+                value = getattr(callback, attr, None)
+                if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+                    value, bool
+                ):
+                    entry[attr] = float(value)
+            state.append(entry)
+        return state
+
+    def _restore_callback_state(self, state):
+        for callback, entry in zip(self.callbacks, state):
+            if entry.get("class") != type(callback).__name__:
+                continue
+            for attr in _CALLBACK_STATE_ATTRS:
+                if attr in entry and hasattr(callback, attr):
+                    value = entry[attr]
+                    current = getattr(callback, attr)
+                    setattr(callback, attr, int(value) if isinstance(current, int) else value)
+
+    def _save_checkpoint(self, epoch, history):
+        folder = self._checkpoint_dir(for_writing=True)
+        os.makedirs(folder, exist_ok=True)
+        stem = f"ckpt-{epoch:04d}"
+        weights = os.path.join(folder, f"{stem}.weights.h5")
+        tmp_weights = os.path.join(folder, f"{stem}.tmp.weights.h5")
+        self.model.save_weights(tmp_weights, overwrite=True)
+        os.replace(tmp_weights, weights)
+        opt_path = os.path.join(folder, f"{stem}.optimizer.npz")
+        tmp_opt = os.path.join(folder, f"{stem}.tmp.npz")
+        arrays = {f"v{i:05d}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)}
+        np.savez(tmp_opt, **arrays)
+        os.replace(tmp_opt, opt_path)
+        state = {
+            "epoch": epoch,
+            "weights": os.path.basename(weights),
+            "optimizer": os.path.basename(opt_path),
+            "history": history,
+            "callbacks": self._callback_state(),
+            "time": time.time(),
+        }
+        _atomic_write_text(os.path.join(folder, STATE_FILE), json.dumps(state, indent=1))
+        for old in glob.glob(os.path.join(folder, "ckpt-*")):
+            if not os.path.basename(old).startswith(stem):
+                os.remove(old)
+
+    def load_checkpoint_state(self):
+        """The saved state of `run_dir` (dict) or None when there is no checkpoint."""
+        if self.run_dir is None:
+            return None
+        path = os.path.join(self.run_dir, CHECKPOINT_DIR, STATE_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def _restore_checkpoint(self, state):
+        folder = self._checkpoint_dir(for_writing=False)
+        self.model.load_weights(os.path.join(folder, state["weights"]))
+        with np.load(os.path.join(folder, state["optimizer"])) as arrays:
+            values = [arrays[k] for k in sorted(arrays.files)]
+        if len(values) != len(self.optimizer.variables):
+            raise ValueError(
+                f"{folder}: the checkpoint's optimizer has {len(values)} variables, this run's has "
+                f"{len(self.optimizer.variables)}; resume with the same preset and optimizer."
+            )
+        for variable, value in zip(self.optimizer.variables, values):
+            variable.assign(value)
+
+    def _write_history(self, history):
+        if not self.chief or self.run_dir is None:
+            return
+        frame = pd.DataFrame(history)
+        path = os.path.join(self.run_dir, HISTORY_FILE)
+        tmp = f"{path}.tmp{os.getpid()}"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, train, validation=None, *, epochs, resume=False, steps_per_epoch=None):
+        """Trains for `epochs` epochs (counting those of a resumed run) and returns the history.
+
+        Args:
+            train: a batched `tf.data.Dataset` (batch = GLOBAL batch size) of `(inputs, targets)` or
+                `(inputs, targets, sample_weights)`, or a callable `epoch -> Dataset` (fresh
+                augmentation seeds per epoch that a resumed run reproduces).
+            validation: a batched dataset of the same structure, or None.
+            epochs: total number of epochs.
+            resume: continue from the last checkpoint in `run_dir` (a fresh start when none).
+            steps_per_epoch: optional cap on the steps of an epoch.
+
+        Returns:
+            A list of dicts, one per epoch: `epoch`, `loss`, `<output>_loss`, `val_...`, `lr`, `time_s`.
+        """
+        history = []
+        start_epoch = 0
+        state = self.load_checkpoint_state() if resume else None
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        callback_list = keras.callbacks.CallbackList(
+            self.callbacks,
+            add_history=False,
+            add_progbar=self.verbose > 0,
+            model=self.model,
+            verbose=self.verbose,
+            epochs=epochs,
+            steps=steps_per_epoch,
+        )
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        if state is not None:
+            self._restore_checkpoint(state)
+            self._restore_callback_state(state.get("callbacks", []))
+            history = list(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+            if self.verbose:
+                print(
+                    f"Resuming after epoch {start_epoch} of {epochs} from {self.run_dir}",
+                    flush=True,
+                )
+            self._write_history(history)
+            if history and history[-1].get("stopped_early"):
+                start_epoch = epochs
+        for epoch in range(start_epoch, epochs):
+            started = time.time()
+            callback_list.on_epoch_begin(epoch)
+            dataset = train(epoch) if callable(train) else train
+            logs = self._run_epoch(dataset, callback_list, steps_per_epoch)
+            if validation is not None:
+                logs.update(self.evaluate(validation, prefix="val_"))
+            logs["lr"] = _to_float(self.optimizer.learning_rate)
+            callback_list.on_epoch_end(epoch, logs)
+            row = {"epoch": epoch, **{k: _to_float(v) for k, v in logs.items()}}
+            row["time_s"] = round(time.time() - started, 3)
+            if self.model.stop_training:
+                row["stopped_early"] = 1
+            history.append(row)
+            if self.run_dir is not None:
+                self._save_checkpoint(epoch, history)
+                self._write_history(history)
+            if self.model.stop_training:
+                if self.verbose:
+                    print(f"Early stop after epoch {epoch + 1}.", flush=True)
+                break
+        callback_list.on_train_end(history[-1] if history else None)
+        return history
+
+    def _run_epoch(self, dataset, callback_list, steps_per_epoch):
+        distributed = self.strategy.experimental_distribute_dataset(dataset)
+        sums = {name: 0.0 for name in self.losses}
+        count = 0.0
+        regularization = 0.0
+        steps = 0
+        for batch in distributed:
+            if steps_per_epoch is not None and steps >= steps_per_epoch:
+                break
+            callback_list.on_train_batch_begin(steps)
+            batch_sums, batch_count, batch_reg = self._train_step(batch)
+            for name in sums:
+                sums[name] += float(batch_sums[name])
+            count += float(batch_count)
+            regularization += float(batch_reg)
+            steps += 1
+            logs = self._epoch_logs(sums, count, regularization / steps)
+            callback_list.on_train_batch_end(steps - 1, logs)
+        if steps == 0:
+            raise ValueError("The training dataset is empty: no batch in an epoch.")
+        return self._epoch_logs(sums, count, regularization / steps)
+
+    def _epoch_logs(self, sums, count, regularization, prefix=""):
+        count = max(count, 1.0)
+        logs = {}
+        total = regularization
+        for name, value in sums.items():
+            logs[f"{prefix}{name}_loss"] = value / count
+            total += self.loss_weights[name] * value / count
+        logs[f"{prefix}loss"] = total
+        if len(sums) == 1:
+            logs.pop(f"{prefix}{next(iter(sums))}_loss")
+        return logs
+
+    def predict(self, dataset, *, return_targets=False):
+        """Runs the model over a dataset on this worker; returns dict output -> np.ndarray.
+
+        With `return_targets=True` returns `(predictions, targets, sample_weights)` as dicts.
+        """
+        if self._predict_step is None:
+            self._predict_step = self._make_predict_step()
+        predictions, targets, weights = {}, {}, {}
+        for batch in dataset:
+            if isinstance(batch, (tuple, list)):
+                inputs, y, sw = _unpack(batch) if len(batch) > 1 else (batch[0], None, None)
+            else:
+                inputs, y, sw = batch, None, None
+            out = self._as_dict(self._predict_step(inputs))
+            for name, value in out.items():
+                predictions.setdefault(name, []).append(np.asarray(value))
+            if y is not None:
+                for name, value in self._as_dict(y).items():
+                    targets.setdefault(name, []).append(np.asarray(value))
+            if sw is not None:
+                for name, value in (sw if isinstance(sw, dict) else {"*": sw}).items():
+                    weights.setdefault(name, []).append(np.asarray(value))
+        cat = lambda d: {k: np.concatenate(v, axis=0) for k, v in d.items()}  # noqa: E731
+        if return_targets:
+            return cat(predictions), cat(targets), cat(weights)
+        return cat(predictions)
+
+    def evaluate(self, dataset, *, prefix=""):
+        """Loss (and `val_metrics`) over a dataset on this worker, as a dict of floats."""
+        predictions, targets, weights = self.predict(dataset, return_targets=True)
+        if not predictions:
+            raise ValueError("The validation dataset is empty.")
+        sample_weights = None
+        if weights:
+            sample_weights = weights.get("*", weights)
+        sums = self._loss_sums(
+            {k: tf.constant(v) for k, v in targets.items()},
+            {k: tf.constant(v) for k, v in predictions.items()},
+            None
+            if sample_weights is None
+            else (
+                {k: tf.constant(v) for k, v in sample_weights.items()}
+                if isinstance(sample_weights, dict)
+                else tf.constant(sample_weights)
+            ),
+        )
+        count = float(next(iter(predictions.values())).shape[0])
+        regularization = 0.0
+        if self.model.losses:
+            regularization = float(tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]))
+        logs = self._epoch_logs(
+            {k: float(v) for k, v in sums.items()}, count, regularization, prefix
+        )
+        if self.val_metrics is not None:
+            for key, value in self.val_metrics(targets, predictions).items():
+                logs[f"{prefix}{key}"] = _to_float(value)
+        return logs
