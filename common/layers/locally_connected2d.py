@@ -154,24 +154,23 @@ class LocallyConnected2D(layers.Layer):
         )
 
     def call(self, inputs):
+        positions = self.output_rows * self.output_cols
         if self.kernel_size == (1, 1):
             sr, sc = self.strides
             if (sr, sc) != (1, 1):
                 inputs = inputs[:, ::sr, ::sc, :]
-            kernel = ops.reshape(
-                self.kernel,
-                (self.output_rows, self.output_cols, self.input_channels, self.filters),
-            )
+            # (B, P, C) against (P, C, F): one broadcasted multiply-add, no patch extraction
+            flat = ops.reshape(inputs, (-1, positions, self.input_channels))
             if self.filters == 1:
-                outputs = ops.sum(inputs * kernel[..., 0], axis=-1, keepdims=True)
+                kernel = ops.reshape(self.kernel, (1, positions, self.input_channels))
+                outputs = ops.expand_dims(ops.sum(flat * kernel, axis=-1), -1)
             else:
-                outputs = ops.einsum("bhwc,hwcf->bhwf", inputs, kernel)
+                outputs = ops.einsum("bpc,pcf->bpf", flat, self.kernel)
         else:
-            patches = self._patches(inputs)
-            outputs = ops.einsum("bpk,pkf->bpf", patches, self.kernel)
-            outputs = ops.reshape(outputs, (-1, self.output_rows, self.output_cols, self.filters))
+            outputs = ops.einsum("bpk,pkf->bpf", self._patches(inputs), self.kernel)
         if self.use_bias:
-            outputs = outputs + self.bias
+            outputs = outputs + ops.reshape(self.bias, (1, positions, self.filters))
+        outputs = ops.reshape(outputs, (-1, self.output_rows, self.output_cols, self.filters))
         return self.activation(outputs)
 
     def compute_output_shape(self, input_shape):
