@@ -339,6 +339,10 @@ class Trainer:
         state = self.load_checkpoint_state() if resume else None
         if self._train_step is None:
             self._train_step = self._make_train_step()
+        steps = steps_per_epoch
+        if steps is None and isinstance(train, tf.data.Dataset):
+            cardinality = int(train.cardinality())
+            steps = cardinality if cardinality > 0 else None
         callback_list = keras.callbacks.CallbackList(
             self.callbacks,
             add_history=False,
@@ -346,7 +350,7 @@ class Trainer:
             model=self.model,
             verbose=self.verbose,
             epochs=epochs,
-            steps=steps_per_epoch,
+            steps=steps,
         )
         self.model.stop_training = False
         callback_list.on_train_begin()
@@ -478,3 +482,96 @@ class Trainer:
             for key, value in self.val_metrics(targets, predictions).items():
                 logs[f"{prefix}{key}"] = _to_float(value)
         return logs
+
+
+def train_and_export(
+    build_model,
+    *,
+    losses,
+    optimizer,
+    train,
+    validation,
+    out_dir,
+    epochs,
+    config,
+    loss_weights=None,
+    strategy="auto",
+    resume=False,
+    callbacks=None,
+    val_metrics=None,
+    seed=0,
+    restore_best=True,
+    verbose=1,
+):
+    """The training half of every package's `train`: config, engine, best weights, model files.
+
+    Writes `RUN/config.json` (the resolved configuration, also printed), trains with `Trainer`
+    (checkpoints and `history.csv` in `RUN/`), reloads the best epoch's weights when a
+    `checkpoints/best.weights.h5` exists and `restore_best`, and writes `RUN/model.h5` and
+    `RUN/model.keras` atomically. Only the chief writes in a multi-worker run.
+
+    Args:
+        build_model: callable returning the model (built inside the strategy's scope).
+        losses, optimizer, loss_weights, callbacks, val_metrics, seed, verbose: as `Trainer`.
+        train, validation: datasets (or `epoch -> dataset` for `train`), see `Trainer.fit`.
+        out_dir: the run folder.
+        epochs: total epochs.
+        config: the resolved configuration (JSON-able dict) to record.
+        strategy: a name of `common.distribute.strategy_from_name` or a strategy.
+        resume: continue from the run's last checkpoint. Without it, a run folder that already
+            holds a checkpoint is refused (nothing already written is overwritten).
+        restore_best: load the best epoch's weights before exporting.
+
+    Returns:
+        `(trainer, history)`.
+    """
+    from common.callbacks import best_weights_path
+    from common.cli import write_config
+    from common.distribute import strategy_from_name
+    from common.errors import DataError
+    from common.export import save_all
+
+    out_dir = os.fspath(out_dir)
+    state = os.path.join(out_dir, CHECKPOINT_DIR, STATE_FILE)
+    if os.path.exists(state) and not resume:
+        raise DataError(
+            "this run folder already holds a training checkpoint; pass --resume to continue it "
+            "or choose another --out-dir",
+            path=out_dir,
+        )
+    strategy_name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    if isinstance(strategy, str):
+        strategy = strategy_from_name(strategy)
+    chief = is_chief(strategy)
+    if chief:
+        write_config(
+            out_dir,
+            {
+                **config,
+                "epochs": epochs,
+                "seed": seed,
+                "strategy": strategy_name,
+                "replicas": strategy.num_replicas_in_sync,
+                "resume": bool(resume),
+            },
+            echo=verbose > 0,
+        )
+    trainer = Trainer(
+        build_model,
+        losses=losses,
+        optimizer=optimizer,
+        loss_weights=loss_weights,
+        strategy=strategy,
+        run_dir=out_dir,
+        callbacks=callbacks,
+        val_metrics=val_metrics,
+        seed=seed,
+        verbose=verbose,
+    )
+    history = trainer.fit(train, validation, epochs=epochs, resume=resume)
+    best = best_weights_path(out_dir) if restore_best else None
+    if best is not None:
+        trainer.model.load_weights(best)
+    if chief:
+        save_all(trainer.model, out_dir)
+    return trainer, history

@@ -1,0 +1,938 @@
+"""Seeded data augmentation on TensorFlow ops and the `tf.data` pipelines built on it.
+
+Every random function takes the example and a `seed` tensor of shape (2,) (int32 or int64) and uses
+stateless random ops only, so the same seed always gives the same result, in eager code and inside
+`tf.data` maps alike, and nothing calls back into Python. Images are `(H, W, C)` float32 in [0, 1];
+volumes are MRI slice stacks `(H, W, S)`, on which the 2-D functions act on every slice identically
+(the slices are the channel axis) and the `*_slices` functions act along the slice axis.
+
+Geometry follows the display convention: x to the right, y down, positive angles turn the image
+counter-clockwise as `np.rot90` does, a zoom factor above 1 magnifies, translations move the content
+right/down. Rotation, zoom and translation compose into one projective warp
+(`tf.raw_ops.ImageProjectiveTransformV3`, bilinear) so the image is resampled once.
+
+`make_image_dataset` reads image files into a batched `tf.data.Dataset`: decode (PNG 8/16-bit and
+plain JPEG with `tf.io`; DICOM, EXIF-rotated JPEG and anything else through
+`common.image_io.read_image`), resize, optional preprocessing, then a cache of the decoded, resized
+images, so that every epoch after the first skips decoding; then shuffling and augmentation.
+`make_volume_dataset` does the same for arrays (or memory maps) of slice stacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from common.errors import DataError
+from common.image_io import DICOM_SUFFIXES
+from common.image_io import RGB_TO_GRAY
+from common.image_io import ImageReadError
+from common.image_io import exif_orientation
+from common.image_io import read_image
+
+FILL_MODES = ("constant", "reflect", "nearest", "wrap")
+PREPROCESSING = ("equalize",)
+
+_KIND_PNG8 = 0
+_KIND_PNG16 = 1
+_KIND_JPEG = 2
+_KIND_PYTHON = 3  # decoded by common.image_io.read_image (DICOM, EXIF-rotated JPEG, other formats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds and small helpers
+
+
+def _seed(seed):
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype not in (tf.int32, tf.int64):
+        seed = tf.cast(seed, tf.int64)
+    return tf.cast(tf.reshape(seed, [2]), tf.int64)
+
+
+def split_seed(seed, num=2):
+    """Derive `num` independent seeds of shape (2,) from one seed.
+
+    Args:
+        seed: int tensor of shape (2,).
+        num: how many seeds to derive.
+
+    Returns:
+        int64 tensor of shape (num, 2).
+    """
+    return tf.random.experimental.stateless_split(_seed(seed), num=num)
+
+
+def _uniform(seed, low, high):
+    return tf.random.stateless_uniform(
+        [], seed=_seed(seed), minval=float(low), maxval=float(high), dtype=tf.float32
+    )
+
+
+def _image(image):
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.float32:
+        image = tf.cast(image, tf.float32)
+    if image.shape.rank is not None and image.shape.rank not in (3, 4):
+        raise ValueError(f"Expected an image of shape (H, W, C) or (B, H, W, C), got {image.shape}")
+    return image
+
+
+def _check_fill_mode(fill_mode):
+    if fill_mode not in FILL_MODES:
+        raise ValueError(f"Unknown fill_mode '{fill_mode}'. Available: {list(FILL_MODES)}")
+
+
+def _size_hw(image_size_hw):
+    try:
+        out_h, out_w = (int(v) for v in image_size_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size_hw must be (height, width), got {image_size_hw!r}") from None
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"image_size_hw must be positive, got {tuple(image_size_hw)}")
+    return out_h, out_w
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-D augmentations (also act on every slice of an (H, W, S) volume)
+
+
+def random_flip_left_right(image, seed, probability=0.5):
+    """Mirror an image left-right with the given probability.
+
+    Args:
+        image: float tensor (H, W, C).
+        seed: int tensor of shape (2,).
+        probability: chance of flipping (default 0.5).
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    image = _image(image)
+    flip = _uniform(seed, 0.0, 1.0) < probability
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
+
+
+def random_flip_up_down(image, seed, probability=0.5):
+    """Mirror an image top-bottom with the given probability.
+
+    Args:
+        image: float tensor (H, W, C).
+        seed: int tensor of shape (2,).
+        probability: chance of flipping (default 0.5).
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    image = _image(image)
+    flip = _uniform(seed, 0.0, 1.0) < probability
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[-3]), lambda: image)
+
+
+def affine_transform(
+    image, *, angle_deg=0.0, scale=1.0, dx_px=0.0, dy_px=0.0, fill_mode="constant"
+):
+    """Rotate, zoom and translate an image about its centre with one bilinear warp.
+
+    Args:
+        image: float tensor (H, W, C) or (B, H, W, C).
+        angle_deg: rotation in degrees, positive counter-clockwise (as `np.rot90`).
+        scale: zoom factor; above 1 magnifies.
+        dx_px: shift of the content to the right, in pixels.
+        dy_px: shift of the content downwards, in pixels.
+        fill_mode: "constant" (zeros), "reflect", "nearest" or "wrap" for pixels from outside.
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    _check_fill_mode(fill_mode)
+    image = _image(image)
+    batched = image.shape.rank == 4
+    images = image if batched else image[None]
+    shape = tf.shape(images)
+    h = tf.cast(shape[1], tf.float32)
+    w = tf.cast(shape[2], tf.float32)
+    theta = tf.cast(angle_deg, tf.float32) * (math.pi / 180.0)
+    inv_scale = 1.0 / tf.cast(scale, tf.float32)
+    cos = tf.cos(theta) * inv_scale
+    sin = tf.sin(theta) * inv_scale
+    # Output pixel p maps to input pixel M p + b, with M = (sR)^-1 and b = c - M (c + t).
+    cx = (w - 1.0) / 2.0
+    cy = (h - 1.0) / 2.0
+    tx = cx + tf.cast(dx_px, tf.float32)
+    ty = cy + tf.cast(dy_px, tf.float32)
+    b0 = cx - (cos * tx - sin * ty)
+    b1 = cy - (sin * tx + cos * ty)
+    zero = tf.zeros_like(cos)
+    transform = tf.stack([cos, -sin, b0, sin, cos, b1, zero, zero])
+    transforms = tf.tile(transform[None], [shape[0], 1])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode=fill_mode.upper(),
+    )
+    out = tf.ensure_shape(out, images.shape)
+    return out if batched else out[0]
+
+
+def random_affine(
+    image,
+    seed,
+    *,
+    max_degrees=0.0,
+    max_dx_px=0.0,
+    max_dy_px=0.0,
+    scale_range=(1.0, 1.0),
+    fill_mode="constant",
+):
+    """Random rotation, translation and zoom in one warp (uniform draws in the given ranges).
+
+    Args:
+        image: float tensor (H, W, C).
+        seed: int tensor of shape (2,).
+        max_degrees: angles are drawn from [-max_degrees, max_degrees].
+        max_dx_px: horizontal shifts from [-max_dx_px, max_dx_px] pixels.
+        max_dy_px: vertical shifts from [-max_dy_px, max_dy_px] pixels.
+        scale_range: zoom factors from [low, high].
+        fill_mode: "constant" (zeros), "reflect", "nearest" or "wrap".
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    for name, value in (
+        ("max_degrees", max_degrees),
+        ("max_dx_px", max_dx_px),
+        ("max_dy_px", max_dy_px),
+    ):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    low, high = (float(v) for v in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
+    seeds = split_seed(seed, 4)
+    return affine_transform(
+        image,
+        angle_deg=_uniform(seeds[0], -max_degrees, max_degrees),
+        scale=_uniform(seeds[1], low, high),
+        dx_px=_uniform(seeds[2], -max_dx_px, max_dx_px),
+        dy_px=_uniform(seeds[3], -max_dy_px, max_dy_px),
+        fill_mode=fill_mode,
+    )
+
+
+def random_rotate(image, seed, max_degrees, fill_mode="constant"):
+    """Rotate by an angle drawn uniformly from [-max_degrees, max_degrees] (bilinear).
+
+    Args:
+        image: float tensor (H, W, C).
+        seed: int tensor of shape (2,).
+        max_degrees: largest rotation in degrees.
+        fill_mode: "constant" (zeros) or "reflect" (also "nearest", "wrap").
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    if max_degrees < 0:
+        raise ValueError(f"max_degrees must be >= 0, got {max_degrees}")
+    angle = _uniform(seed, -max_degrees, max_degrees)
+    return affine_transform(image, angle_deg=angle, fill_mode=fill_mode)
+
+
+def random_translate(image, seed, max_dx_px, max_dy_px, fill_mode="constant"):
+    """Shift by (dx, dy) pixels drawn uniformly from [-max_dx_px, max_dx_px] x [-max_dy_px, max_dy_px].
+
+    Args:
+        image: float tensor (H, W, C).
+        seed: int tensor of shape (2,).
+        max_dx_px: largest horizontal shift in pixels.
+        max_dy_px: largest vertical shift in pixels.
+        fill_mode: "constant" (zeros) or "reflect" (also "nearest", "wrap").
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    if max_dx_px < 0 or max_dy_px < 0:
+        raise ValueError(f"max_dx_px and max_dy_px must be >= 0, got {max_dx_px}, {max_dy_px}")
+    seeds = split_seed(seed, 2)
+    dx = _uniform(seeds[0], -max_dx_px, max_dx_px)
+    dy = _uniform(seeds[1], -max_dy_px, max_dy_px)
+    return affine_transform(image, dx_px=dx, dy_px=dy, fill_mode=fill_mode)
+
+
+def random_zoom(image, seed, scale_range=(0.9, 1.1), fill_mode="constant"):
+    """Zoom about the centre by a factor drawn uniformly from `scale_range` (above 1 magnifies).
+
+    Args:
+        image: float tensor (H, W, C).
+        seed: int tensor of shape (2,).
+        scale_range: (low, high) zoom factors, default (0.9, 1.1).
+        fill_mode: "constant" (zeros) or "reflect" (also "nearest", "wrap").
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    low, high = (float(v) for v in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
+    return affine_transform(image, scale=_uniform(seed, low, high), fill_mode=fill_mode)
+
+
+def random_intensity_shift(image, seed, max_delta):
+    """Add one brightness offset drawn from [-max_delta, max_delta] to every pixel, then clip to [0, 1].
+
+    Args:
+        image: float tensor in [0, 1].
+        seed: int tensor of shape (2,).
+        max_delta: largest offset.
+
+    Returns:
+        float32 tensor of the same shape, in [0, 1].
+    """
+    if max_delta < 0:
+        raise ValueError(f"max_delta must be >= 0, got {max_delta}")
+    image = _image(image)
+    return tf.clip_by_value(image + _uniform(seed, -max_delta, max_delta), 0.0, 1.0)
+
+
+def equalize_histogram(image, bins=256):
+    """Histogram equalisation of an image in [0, 1] (all channels share one histogram).
+
+    The value of bin k becomes (cdf(k) - cdf_min) / (N - cdf_min), the classic formula (as OpenCV's
+    `equalizeHist`), so the darkest occupied bin maps to 0 and the brightest to 1. A constant image
+    is returned unchanged.
+
+    Args:
+        image: float tensor in [0, 1], any shape.
+        bins: number of gray levels (default 256; use more for 16-bit sources).
+
+    Returns:
+        float32 tensor of the same shape, in [0, 1].
+    """
+    if int(bins) < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    bins = int(bins)
+    image = tf.cast(tf.convert_to_tensor(image), tf.float32)
+    index = tf.clip_by_value(tf.cast(tf.floor(image * bins), tf.int32), 0, bins - 1)
+    hist = tf.math.bincount(
+        tf.reshape(index, [-1]), minlength=bins, maxlength=bins, dtype=tf.float32
+    )
+    cdf = tf.cumsum(hist)
+    total = cdf[-1]
+    cdf_min = tf.reduce_min(tf.where(hist > 0, cdf, total))
+    denom = total - cdf_min
+    lut = tf.clip_by_value((cdf - cdf_min) / tf.maximum(denom, 1.0), 0.0, 1.0)
+    return tf.where(denom > 0, tf.gather(lut, index), image)
+
+
+def _resize_to(image, size_hw):
+    """Area averaging when shrinking both axes (as cv2's INTER_AREA), else bilinear."""
+    size_hw = tf.convert_to_tensor(size_hw, dtype=tf.int32)
+    shape = tf.shape(image)
+    shrinking = tf.logical_and(size_hw[0] <= shape[-3], size_hw[1] <= shape[-2])
+    return tf.cond(
+        shrinking,
+        lambda: tf.image.resize(image, size_hw, method="area"),
+        lambda: tf.image.resize(image, size_hw, method="bilinear"),
+    )
+
+
+def resize(image, image_size_hw):
+    """Resize to `image_size_hw` (stretching): area averaging when shrinking, else bilinear.
+
+    Area averaging (the same as OpenCV's `INTER_AREA`) does not alias when shrinking a radiograph
+    several-fold and costs a third of an antialiased bilinear resize.
+
+    Args:
+        image: float tensor (H, W, C).
+        image_size_hw: (height, width) of the result.
+
+    Returns:
+        float32 tensor (height, width, C).
+    """
+    out_h, out_w = _size_hw(image_size_hw)
+    image = _image(image)
+    out = _resize_to(image, [out_h, out_w])
+    return tf.ensure_shape(out, image.shape[:-3].concatenate([out_h, out_w, image.shape[-1]]))
+
+
+def resize_keep_aspect(image, image_size_hw):
+    """Resize to fit `image_size_hw` keeping the aspect ratio, then pad with zeros, centred.
+
+    Resampling as `resize`. The geometry equals `common.image_io.read_image_resized(..., keep_aspect=True)`.
+
+    Args:
+        image: float tensor (H, W, C).
+        image_size_hw: (height, width) of the result.
+
+    Returns:
+        float32 tensor (height, width, C).
+    """
+    out_h, out_w = _size_hw(image_size_hw)
+    image = _image(image)
+    if image.shape.rank != 3:
+        raise ValueError(f"resize_keep_aspect expects (H, W, C), got {image.shape}")
+    shape = tf.shape(image)
+    h = tf.cast(shape[0], tf.float64)
+    w = tf.cast(shape[1], tf.float64)
+    scale = tf.minimum(out_h / h, out_w / w)
+    new_h = tf.clip_by_value(tf.cast(tf.round(h * scale), tf.int32), 1, out_h)
+    new_w = tf.clip_by_value(tf.cast(tf.round(w * scale), tf.int32), 1, out_w)
+    resized = _resize_to(image, tf.stack([new_h, new_w]))
+    top = (out_h - new_h) // 2
+    left = (out_w - new_w) // 2
+    padded = tf.pad(resized, [[top, out_h - new_h - top], [left, out_w - new_w - left], [0, 0]])
+    return tf.ensure_shape(padded, [out_h, out_w, image.shape[-1]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Volume augmentations for (H, W, S) slice stacks
+
+
+def random_flip_slices(volume, seed, probability=0.5):
+    """Reverse the slice order of an (H, W, S) stack with the given probability.
+
+    Args:
+        volume: float tensor (H, W, S).
+        seed: int tensor of shape (2,).
+        probability: chance of reversing (default 0.5).
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    volume = _image(volume)
+    flip = _uniform(seed, 0.0, 1.0) < probability
+    return tf.cond(flip, lambda: tf.reverse(volume, axis=[-1]), lambda: volume)
+
+
+def random_shift_slices(volume, seed, max_slices):
+    """Shift the slices of an (H, W, S) stack by k in [-max_slices, max_slices], filling with zeros.
+
+    Slice i of the result is slice i - k of the input (zeros where that is outside the stack).
+
+    Args:
+        volume: float tensor (H, W, S).
+        seed: int tensor of shape (2,).
+        max_slices: largest shift in slices (int >= 0).
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    max_slices = int(max_slices)
+    if max_slices < 0:
+        raise ValueError(f"max_slices must be >= 0, got {max_slices}")
+    volume = _image(volume)
+    if max_slices == 0:
+        return volume
+    k = tf.random.stateless_uniform(
+        [], seed=_seed(seed), minval=-max_slices, maxval=max_slices + 1, dtype=tf.int32
+    )
+    depth = tf.shape(volume)[-1]
+    padded = tf.pad(volume, [[0, 0], [0, 0], [max_slices, max_slices]])
+    out = tf.slice(padded, tf.stack([0, 0, max_slices - k]), tf.stack([-1, -1, depth]))
+    return tf.ensure_shape(out, volume.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """What `augment_fn` does to each training example, in this order.
+
+    Args:
+        flip_lr: mirror left-right with probability 0.5.
+        flip_ud: mirror top-bottom with probability 0.5.
+        rotation_deg: rotations drawn from [-rotation_deg, rotation_deg] degrees.
+        translate_px: (dx, dy): shifts drawn from [-dx, dx] x [-dy, dy] pixels.
+        zoom_range: (low, high) zoom factors; (1, 1) for none.
+        intensity_delta: brightness offsets drawn from [-intensity_delta, intensity_delta].
+        equalize: probability of histogram-equalising an example (True means 0.5).
+        seed: folded into every per-example seed, so two configurations draw differently.
+        fill_mode: how the warp fills pixels from outside: "constant" (zeros) or "reflect".
+        flip_slices: (volumes) reverse the slice order with probability 0.5.
+        shift_slices: (volumes) shift the slices by up to this many, zero filled.
+    """
+
+    flip_lr: bool = False
+    flip_ud: bool = False
+    rotation_deg: float = 0.0
+    translate_px: tuple[float, float] = (0.0, 0.0)
+    zoom_range: tuple[float, float] = (1.0, 1.0)
+    intensity_delta: float = 0.0
+    equalize: float = 0.0
+    seed: int = 0
+    fill_mode: str = "constant"
+    flip_slices: bool = False
+    shift_slices: int = 0
+
+    def __post_init__(self):
+        _check_fill_mode(self.fill_mode)
+        if self.rotation_deg < 0:
+            raise ValueError(f"rotation_deg must be >= 0, got {self.rotation_deg}")
+        if len(self.translate_px) != 2 or min(self.translate_px) < 0:
+            raise ValueError(f"translate_px must be (dx, dy) >= 0, got {self.translate_px}")
+        low, high = self.zoom_range
+        if not 0 < low <= high:
+            raise ValueError(
+                f"zoom_range must be (low, high), 0 < low <= high, got {self.zoom_range}"
+            )
+        if self.intensity_delta < 0:
+            raise ValueError(f"intensity_delta must be >= 0, got {self.intensity_delta}")
+        if not 0 <= self.equalize_probability <= 1:
+            raise ValueError(f"equalize must be a bool or a probability, got {self.equalize}")
+        if int(self.shift_slices) < 0:
+            raise ValueError(f"shift_slices must be >= 0, got {self.shift_slices}")
+
+    @property
+    def equalize_probability(self):
+        """The chance that an example is equalised (True counts as 0.5)."""
+        if self.equalize is True:
+            return 0.5
+        return float(self.equalize or 0.0)
+
+    @property
+    def has_warp(self):
+        """Whether any rotation, translation or zoom is asked for."""
+        return bool(self.rotation_deg or any(self.translate_px) or tuple(self.zoom_range) != (1, 1))
+
+
+def augment_fn(config):
+    """The per-example augmentation function `fn(image, seed) -> image` for an `AugmentConfig`.
+
+    Args:
+        config: an `AugmentConfig`.
+
+    Returns:
+        A function of an (H, W, C) image (or (H, W, S) volume) and an int seed of shape (2,), built
+        from tf ops only, usable in `tf.data` maps.
+    """
+    if not isinstance(config, AugmentConfig):
+        raise ValueError(f"augment_fn expects an AugmentConfig, got {type(config).__name__}")
+
+    def fn(image, seed):
+        seed = tf.random.experimental.stateless_fold_in(_seed(seed), int(config.seed))
+        seeds = split_seed(seed, 7)
+        image = _image(image)
+        if config.flip_lr:
+            image = random_flip_left_right(image, seeds[0])
+        if config.flip_ud:
+            image = random_flip_up_down(image, seeds[1])
+        if config.has_warp:
+            image = random_affine(
+                image,
+                seeds[2],
+                max_degrees=config.rotation_deg,
+                max_dx_px=config.translate_px[0],
+                max_dy_px=config.translate_px[1],
+                scale_range=config.zoom_range,
+                fill_mode=config.fill_mode,
+            )
+        if config.intensity_delta:
+            image = random_intensity_shift(image, seeds[3], config.intensity_delta)
+        if config.equalize_probability > 0:
+            chosen = _uniform(seeds[4], 0.0, 1.0) < config.equalize_probability
+            current = image
+            image = tf.cond(chosen, lambda: equalize_histogram(current), lambda: current)
+        if config.flip_slices:
+            image = random_flip_slices(image, seeds[5])
+        if config.shift_slices:
+            image = random_shift_slices(image, seeds[6], config.shift_slices)
+        return image
+
+    return fn
+
+
+def _as_augment(augment):
+    if augment is None:
+        return None
+    if isinstance(augment, AugmentConfig):
+        return augment_fn(augment)
+    if callable(augment):
+        return augment
+    raise ValueError(f"augment must be an AugmentConfig, a function or None, got {augment!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _as_array(values, n, name):
+    arr = np.asarray(values)
+    if arr.ndim == 0 or len(arr) != n:
+        got = "a scalar" if arr.ndim == 0 else f"{len(arr)} values"
+        raise DataError(f"{name} has {got} for {n} examples")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind in "OUS":
+        raise DataError(f"{name} must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+def _as_targets(targets, n):
+    if targets is None:
+        return None
+    if isinstance(targets, Mapping):
+        return {str(k): _as_array(v, n, f"target '{k}'") for k, v in targets.items()}
+    return _as_array(targets, n, "targets")
+
+
+def _scan_image_files(paths):
+    """Check that every file exists and is not empty; choose how each is decoded (int kinds)."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
+        raise ImageReadError(f"file not found{more}", path=missing[0])
+    kinds = np.empty(len(paths), dtype=np.int32)
+    for i, path in enumerate(paths):
+        size = os.path.getsize(path)
+        if size == 0:
+            raise ImageReadError("empty file", path=path)
+        with open(path, "rb") as f:
+            head = f.read(132)
+            f.seek(max(0, size - 12))
+            tail = f.read(12)
+        kinds[i] = _choose_kind(path, head, tail)
+    return kinds
+
+
+def _choose_kind(path, head, tail):
+    if Path(path).suffix.lower() in DICOM_SUFFIXES or head[128:132] == b"DICM":
+        return _KIND_PYTHON
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        # A PNG that does not end with its IEND chunk is truncated (or has trailing data):
+        # read_image decides, and names the file if it is broken.
+        if not tail.endswith(b"IEND\xaeB`\x82"):
+            return _KIND_PYTHON
+        # IHDR bit depth (byte 24): 16-bit files decode as uint16, all others (1-8 bit) as uint8.
+        return _KIND_PNG16 if len(head) > 24 and head[24] == 16 else _KIND_PNG8
+    if head.startswith(b"\xff\xd8\xff"):
+        if not tail.endswith(b"\xff\xd9") or exif_orientation(path) != 1:
+            return _KIND_PYTHON
+        return _KIND_JPEG
+    return _KIND_PYTHON
+
+
+def _to_gray(image):
+    channels = tf.shape(image)[-1]
+    weights = tf.constant(RGB_TO_GRAY, dtype=tf.float32)
+
+    def rgb():
+        return tf.reduce_sum(image[..., :3] * weights, axis=-1, keepdims=True)
+
+    return tf.cond(channels >= 3, rgb, lambda: image[..., :1])
+
+
+def _read_image_numpy(path):
+    return read_image(path.decode("utf-8") if isinstance(path, bytes) else str(path))
+
+
+def _decode_fn(kinds):
+    use_python = bool(np.any(kinds == _KIND_PYTHON))
+
+    def decode(path, kind):
+        def png8():
+            data = tf.io.read_file(path)
+            image = tf.io.decode_png(data, channels=0)
+            return _to_gray(tf.cast(image, tf.float32) / 255.0)
+
+        def png16():
+            data = tf.io.read_file(path)
+            image = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
+            return _to_gray(tf.cast(image, tf.float32) / 65535.0)
+
+        def jpeg():
+            data = tf.io.read_file(path)
+            image = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
+            return _to_gray(tf.cast(image, tf.float32) / 255.0)
+
+        def python():
+            image = tf.numpy_function(_read_image_numpy, [path], tf.float32, stateful=False)
+            return tf.reshape(image, tf.concat([tf.shape(image)[:2], [1]], axis=0))
+
+        branches = [png8, png16, jpeg] + ([python] if use_python else [])
+        image = tf.switch_case(tf.minimum(kind, len(branches) - 1), branches)
+        return tf.ensure_shape(image, [None, None, 1])
+
+    return decode
+
+
+def _preprocess_fn(preprocess):
+    if preprocess is None:
+        return None
+    if callable(preprocess):
+        return preprocess
+    if preprocess == "equalize":
+        return equalize_histogram
+    raise ValueError(f"Unknown preprocess '{preprocess}'. Available: {list(PREPROCESSING)}")
+
+
+def _finish(
+    ds,
+    *,
+    n,
+    training,
+    seed,
+    augment,
+    cache,
+    shuffle_buffer,
+    batch_size,
+    drop_remainder,
+    channels,
+    has_targets,
+    has_weights,
+    example_shape,
+):
+    """Cache, shuffle, augment, batch: the part shared by images and volumes.
+
+    `ds` yields dicts {"image", "index", ["targets"], ["weights"]} in the original order.
+    """
+    if cache:
+        if isinstance(cache, (str, os.PathLike)):
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            ds = ds.cache(os.fspath(cache))
+        else:
+            ds = ds.cache()
+    if training:
+        buffer = n if shuffle_buffer is None else int(shuffle_buffer)
+        if shuffle_buffer is None and isinstance(cache, (str, os.PathLike)):
+            buffer = min(
+                n, 2048
+            )  # elements read back from a file cache are copies, keep memory bounded
+        if buffer > 1:
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    fn = _as_augment(augment) if training else None
+    if fn is not None:
+        # The per-example seed is (a number from a seeded random stream that changes every epoch,
+        # the example's index in `paths`): reproducible for `seed`, different from epoch to epoch.
+        stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def apply(element, random_value):
+            element = dict(element)
+            example_seed = tf.stack([random_value, tf.cast(element["index"], tf.int64)])
+            element["image"] = tf.ensure_shape(fn(element["image"], example_seed), example_shape)
+            return element
+
+        ds = tf.data.Dataset.zip((ds, stream)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_output(element):
+        image = element["image"]
+        if channels == 3:
+            image = tf.repeat(image, 3, axis=-1)
+        out = (image,)
+        if has_targets:
+            out += (element["targets"],)
+        if has_weights:
+            out += (element["weights"],)
+        return out if len(out) > 1 else image
+
+    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def _check_common(batch_size, targets, sample_weights, n):
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if n == 0:
+        raise DataError("no examples given")
+    targets = _as_targets(targets, n)
+    if sample_weights is not None:
+        if targets is None:
+            raise ValueError("sample_weights need targets")
+        sample_weights = _as_array(sample_weights, n, "sample_weights").astype(np.float32)
+    return targets, sample_weights
+
+
+def make_image_dataset(
+    paths,
+    targets,
+    *,
+    image_size_hw,
+    batch_size,
+    training,
+    seed=0,
+    augment=None,
+    cache=True,
+    preprocess=None,
+    channels=1,
+    sample_weights=None,
+    keep_aspect=False,
+    shuffle_buffer=None,
+    drop_remainder=False,
+):
+    """A batched `tf.data.Dataset` of images read from files, with targets (and sample weights).
+
+    Pipeline: decode (PNG 8/16-bit and JPEG with `tf.io`; DICOM, JPEG with an EXIF orientation other
+    than 1 and any other format through `common.image_io.read_image`) -> gray -> resize -> preprocess
+    -> cache -> (training) shuffle -> augment -> batch -> prefetch. Augmentation draws a per-example
+    seed from (`seed`'s random stream, which changes every epoch, and the example's index), so two
+    datasets built with the same `seed` yield the same sequence of epochs.
+
+    Args:
+        paths: image file paths.
+        targets: one array of N values (or rows), a dict of such arrays, or None (images only).
+        image_size_hw: (height, width) of the images.
+        batch_size: examples per batch.
+        training: shuffle and augment (True) or keep the order (False).
+        seed: seed of shuffling and augmentation.
+        augment: an `AugmentConfig`, a function `fn(image, seed)` or None; used only when training.
+        cache: True caches decoded, resized images in memory, a path caches them to that file,
+            False decodes every epoch.
+        preprocess: None, "equalize" (histogram equalisation) or a function `fn(image)`, applied
+            before the cache.
+        channels: 1 (gray) or 3 (gray repeated, for RGB backbones).
+        sample_weights: N per-example weights, or None.
+        keep_aspect: resize keeping the aspect ratio and pad with zeros (True) or stretch (False).
+        shuffle_buffer: shuffle buffer size (default: all N examples; 2048 with a file cache).
+        drop_remainder: drop the last incomplete batch.
+
+    Returns:
+        tf.data.Dataset of (images (B, H, W, channels) float32 in [0, 1], targets[, weights]), or of
+        images alone when `targets` is None.
+
+    Raises:
+        ImageReadError: a file is missing or empty (checked before the dataset is built; a file
+            found broken while decoding raises inside the iteration, naming the file when it was
+            routed through `read_image`).
+        DataError: targets or weights do not match the paths.
+    """
+    paths = [os.fspath(p) for p in paths]
+    n = len(paths)
+    out_h, out_w = _size_hw(image_size_hw)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    targets, sample_weights = _check_common(batch_size, targets, sample_weights, n)
+    preprocess_fn = _preprocess_fn(preprocess)
+    kinds = _scan_image_files(paths)
+    decode = _decode_fn(kinds)
+    resize_fn = resize_keep_aspect if keep_aspect else resize
+
+    columns = {"path": tf.constant(paths, dtype=tf.string), "kind": kinds, "index": np.arange(n)}
+    if targets is not None:
+        columns["targets"] = targets
+    if sample_weights is not None:
+        columns["weights"] = sample_weights
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if training and not cache:
+        # Without a cache, shuffle the file names (cheap) rather than decoded images.
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+
+    def load(element):
+        element = dict(element)
+        image = decode(element.pop("path"), element.pop("kind"))
+        image = resize_fn(image, (out_h, out_w))
+        if preprocess_fn is not None:
+            image = preprocess_fn(image)
+        element["image"] = tf.ensure_shape(tf.cast(image, tf.float32), [out_h, out_w, 1])
+        return element
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(
+        ds,
+        n=n,
+        training=training,
+        seed=seed,
+        augment=augment,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer if cache else 1,
+        batch_size=batch_size,
+        drop_remainder=drop_remainder,
+        channels=channels,
+        has_targets=targets is not None,
+        has_weights=sample_weights is not None,
+        example_shape=[out_h, out_w, 1],
+    )
+
+
+def make_volume_dataset(
+    volumes,
+    targets,
+    *,
+    batch_size,
+    training,
+    seed=0,
+    augment=None,
+    cache=False,
+    sample_weights=None,
+    shuffle_buffer=None,
+    drop_remainder=False,
+):
+    """A batched `tf.data.Dataset` of MRI slice stacks (H, W, S) with targets (and sample weights).
+
+    Stacks are read one at a time by index (a `numpy_function` copy from the array or memory map,
+    before the cache), so a memory map is never loaded whole; with `cache=True` they are read only
+    in the first epoch and kept in memory (or in a cache file). Augmentation (an `AugmentConfig`
+    with e.g. `flip_slices`, `shift_slices` and the 2-D options, which act on all slices
+    identically) runs on tf ops after the cache.
+
+    Args:
+        volumes: array or memmap (N, H, W, S), values in [0, 1].
+        targets: one array of N values (or rows), a dict of such arrays, or None.
+        batch_size: examples per batch.
+        training: shuffle and augment (True) or keep the order (False).
+        seed: seed of shuffling and augmentation.
+        augment: an `AugmentConfig`, a function `fn(volume, seed)` or None; used only when training.
+        cache: False (default) reads the stacks every epoch; True caches them in memory; a path
+            caches them to that file.
+        sample_weights: N per-example weights, or None.
+        shuffle_buffer: shuffle buffer size when cached (default: all N; without a cache the
+            indices are shuffled completely).
+        drop_remainder: drop the last incomplete batch.
+
+    Returns:
+        tf.data.Dataset of (volumes (B, H, W, S) float32, targets[, weights]).
+    """
+    if getattr(volumes, "ndim", None) != 4:
+        raise ValueError(
+            f"volumes must be (N, H, W, S), got shape {getattr(volumes, 'shape', None)}"
+        )
+    n, h, w, s = (int(v) for v in volumes.shape)
+    targets, sample_weights = _check_common(batch_size, targets, sample_weights, n)
+    columns = {"index": np.arange(n)}
+    if targets is not None:
+        columns["targets"] = targets
+    if sample_weights is not None:
+        columns["weights"] = sample_weights
+
+    def read(index):
+        return np.asarray(volumes[int(index)], dtype=np.float32)
+
+    def load(element):
+        element = dict(element)
+        volume = tf.numpy_function(read, [element["index"]], tf.float32, stateful=False)
+        element["image"] = tf.ensure_shape(volume, [h, w, s])
+        return element
+
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if training and not cache:
+        # Shuffle indices (cheap) rather than stacks; each stack is then read in that order.
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(
+        ds,
+        n=n,
+        training=training,
+        seed=seed,
+        augment=augment,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer if cache else 1,
+        batch_size=batch_size,
+        drop_remainder=drop_remainder,
+        channels=1,
+        has_targets=targets is not None,
+        has_weights=sample_weights is not None,
+        example_shape=[h, w, s],
+    )
