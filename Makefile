@@ -20,8 +20,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Two pytest workers on the two cores (tests/conftest.py gives each one TensorFlow thread pool of 1).
 test: venv
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -43,6 +44,18 @@ endef
 
 train-knee: venv
 	$(call train_pkg,kneeoa,,$(TRAIN_ARGS))
+
+train-ra2: venv
+	$(call train_pkg,deepra,,$(TRAIN_ARGS))
+
+train-spine: venv
+	$(call train_pkg,spinenet,,$(TRAIN_ARGS))
+
+train-boneage: venv
+	$(call train_pkg,boneage,,$(TRAIN_ARGS))
+
+train-mura: venv
+	$(call train_pkg,mura,,$(TRAIN_ARGS))
 
 clean:
 	rm -rf runs bench/_work .pytest_cache
