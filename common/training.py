@@ -484,6 +484,23 @@ class Trainer:
         return logs
 
 
+def check_run_dir(out_dir, resume):
+    """Refuses to start a new run in a folder that holds a checkpoint (call before reading data).
+
+    Nothing already written is overwritten: continue such a run with `resume=True` (`--resume`),
+    or choose another folder.
+    """
+    from common.errors import DataError
+
+    state = os.path.join(os.fspath(out_dir), CHECKPOINT_DIR, STATE_FILE)
+    if os.path.exists(state) and not resume:
+        raise DataError(
+            "this run folder already holds a training checkpoint; pass --resume to continue it "
+            "or choose another --out-dir",
+            path=out_dir,
+        )
+
+
 def train_and_export(
     build_model,
     *,
@@ -528,17 +545,10 @@ def train_and_export(
     from common.callbacks import best_weights_path
     from common.cli import write_config
     from common.distribute import strategy_from_name
-    from common.errors import DataError
     from common.export import save_all
 
     out_dir = os.fspath(out_dir)
-    state = os.path.join(out_dir, CHECKPOINT_DIR, STATE_FILE)
-    if os.path.exists(state) and not resume:
-        raise DataError(
-            "this run folder already holds a training checkpoint; pass --resume to continue it "
-            "or choose another --out-dir",
-            path=out_dir,
-        )
+    check_run_dir(out_dir, resume)
     strategy_name = strategy if isinstance(strategy, str) else type(strategy).__name__
     if isinstance(strategy, str):
         strategy = strategy_from_name(strategy)

@@ -1,0 +1,701 @@
+"""Readers for the knee-OA data sets' real on-disk layouts, the paper's split and the tf.data pipeline.
+
+Two layouts are read (`find_dataset` tells them apart; `root` may be the data set's folder or a
+folder above it, up to three levels; folders named `_phantom_truth`, `__MACOSX` or starting with a
+dot are never looked into; the shallowest layout wins, and OAI when both are at the same depth):
+
+- kneeKL224-style folders (Chen et al. 2019, as most public knee-OA data is shared):
+  `<root>/{train,val,test,auto_test}/<KL 0-4>/**/*.png` (`validation` is read as `val`; names are
+  matched case-insensitively; images may sit in sub-folders), each image one knee already
+  cropped. Files are named `<participant ID><R|L>.png` (e.g. `9003175R.png`): the leading digits
+  are the participant (for grouping), the letter the side; other names are their own participant.
+- OAI: the `kXR_SQ_BU00.txt` KL file (any letter case, anywhere under the root) is pipe-delimited
+  with a header naming at least `ID`, `SIDE`, `READPRJ`, `V00XRKL` (any case). `SIDE` is `1`
+  (right) / `2` (left) or the text form `1: Right` / `2: Left`; `READPRJ` selects the reading
+  project (15 by default; 37 and 42 are re-reads); `V00XRKL` is 0-4, and a blank (or OAI's `.`
+  missing codes) drops the knee, counted in `records.attrs["dropped_missing_kl"]`. Images under
+  the root are matched to rows by file name (any case, any sub-folder; PNG, JPEG or DICOM):
+  `<ID>R` / `<ID>_R` / `<ID>L` / `<ID>_L` is a knee image, `<ID>` a bilateral PA film that is
+  split down the middle (§3.4). Convention: a PA film is displayed as if facing the patient, so
+  the image's LEFT half is the patient's RIGHT knee (`crop="left_half"`) and the right half the
+  left knee (`crop="right_half"`). A per-knee image wins over a bilateral one.
+
+Records (`read_records`, `load_records`) are a pandas DataFrame, one row per knee:
+`path` (str), `crop` (`full`, `left_half`, `right_half`), `participant_id` (str), `side`
+(`R`, `L` or empty when unknown), `kl` (int 0-4), `source` (`folders` or `oai`), `row` (the KL
+file's row, header = 1; 0 for folders), and `split` (`train`, `val`, `test`, `auto_test`) when the
+layout gives one or after `assign_splits`.
+
+The paper's split (§3.4): 70/30 train/test, 10% of train for validation, stratified by KL grade,
+both knees of a participant always in the same split (`common.splits.split_by_group`).
+
+Reference:
+    Górriz et al., MIDL 2019, §3.4 (data, preprocessing, split); OAI kXR_SQ_BU00 (BU KL readings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from common.augment import AugmentConfig
+from common.augment import augment_fn
+from common.augment import equalize_histogram
+from common.augment import resize
+from common.errors import DataError
+from common.image_io import DICOM_SUFFIXES
+from common.image_io import ImageReadError
+from common.image_io import list_images
+from common.image_io import read_image
+from common.splits import assign_validation
+from common.splits import split_by_group
+from kneeoa.model import output_names
+from kneeoa.model import resolve_config
+
+KL_FILE_NAME = "kxr_sq_bu00.txt"
+KL_COLUMNS = ("ID", "SIDE", "READPRJ", "V00XRKL")
+SPLIT_NAMES = {
+    "train": "train",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+    "auto_test": "auto_test",
+}
+RECORD_COLUMNS = ("path", "crop", "participant_id", "side", "kl", "source", "row", "split")
+CROPS = ("full", "left_half", "right_half")
+NUM_KL_GRADES = 5
+_SKIP_DIRS = ("_phantom_truth", "__MACOSX")
+_MAX_DEPTH = 3
+_NAME = re.compile(r"^(?P<pid>\d+)(?:[_\- ]?(?P<side>[LR]))?$", re.IGNORECASE)
+_LEADING_INT = re.compile(r"^\s*([+-]?\d+(?:\.0*)?)\s*(?::.*)?$")
+
+
+# --------------------------------------------------------------------------- finding the data set
+
+
+def _skipped(name):
+    return name.startswith(".") or name in _SKIP_DIRS
+
+
+def _subdirs(folder):
+    try:
+        return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not _skipped(p.name))
+    except OSError:
+        return []
+
+
+def _kl_file_in(folder):
+    try:
+        for p in sorted(Path(folder).iterdir()):
+            if p.is_file() and p.name.lower() == KL_FILE_NAME:
+                return p
+    except OSError:
+        pass
+    return None
+
+
+def _split_dirs(folder):
+    """`{split: path}` for the kneeKL224 split folders directly in `folder` (any letter case)."""
+    found = {}
+    for sub in _subdirs(folder):
+        split = SPLIT_NAMES.get(sub.name.lower())
+        if split is not None and any(d.name.isdigit() for d in _subdirs(sub)):
+            if split in found:
+                raise DataError(f"two folders for split '{split}'", path=sub)
+            found[split] = sub
+    return found
+
+
+def find_dataset(root, layout=None):
+    """Finds the data set under `root`: its layout and folder.
+
+    Args:
+        root: the data set's folder or a folder holding it (searched three levels deep).
+        layout: None (either: the shallowest, OAI first at the same depth), `"oai"` or
+            `"folders"`.
+
+    Returns:
+        `(layout, folder)`: `("oai", folder holding kXR_SQ_BU00.txt)` or
+        `("folders", folder holding train/val/test)`.
+
+    Raises:
+        DataError: `root` is missing or holds no such layout.
+    """
+    if layout not in (None, "oai", "folders"):
+        raise ValueError(f"Unknown layout '{layout}'. Available: ['folders', 'oai']")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("data folder not found", path=root)
+    level = [root]
+    folders = []
+    for _ in range(_MAX_DEPTH + 1):
+        for folder in level:
+            if layout != "folders" and _kl_file_in(folder) is not None:
+                return "oai", folder
+            if layout != "oai" and _split_dirs(folder):
+                folders.append(folder)
+        if folders:
+            break
+        level = [sub for folder in level for sub in _subdirs(folder)]
+    if folders:
+        named = [f for f in folders if f.name.lower() == "kneekl224"]
+        return "folders", (named or folders)[0]
+    wanted = {
+        None: "no kneeKL224-style split folders (train/val/test/<KL>/) and no kXR_SQ_BU00.txt",
+        "oai": "no kXR_SQ_BU00.txt KL file",
+        "folders": "no kneeKL224-style split folders (train/val/test/<KL>/)",
+    }[layout]
+    raise DataError(f"{wanted} found", path=root)
+
+
+# --------------------------------------------------------------------------- kneeKL224 folders
+
+
+def parse_knee_name(stem):
+    """Splits a knee file name (without suffix) into participant id and side.
+
+    Args:
+        stem: e.g. `"9003175R"`, `"9003175_l"`, `"9003175"`, `"knee_017"`.
+
+    Returns:
+        `(participant_id, side)`: side `"R"`, `"L"` or `""`; names that do not start with the
+        digits of an ID are their own participant.
+    """
+    match = _NAME.match(stem.strip())
+    if match is None:
+        return stem, ""
+    return match.group("pid"), (match.group("side") or "").upper()
+
+
+def read_kl_folders(root):
+    """Reads kneeKL224-style folders `<root>/<split>/<KL>/**/*.png` into records.
+
+    Args:
+        root: the folder holding the split folders (or a folder above it).
+
+    Returns:
+        DataFrame of records (see the module docstring) with `split` from the folders.
+
+    Raises:
+        DataError: no split folders, a grade folder outside 0-4, a split without images.
+    """
+    _, folder = find_dataset(root, "folders")
+    rows = []
+    for split, split_dir in _split_dirs(folder).items():
+        count = 0
+        for grade_dir in _subdirs(split_dir):
+            if not grade_dir.name.isdigit():
+                continue
+            kl = int(grade_dir.name)
+            if not 0 <= kl < NUM_KL_GRADES:
+                raise DataError(f"KL grade folder '{grade_dir.name}' outside 0..4", path=grade_dir)
+            for path in list_images(grade_dir):
+                if any(_skipped(part) for part in path.relative_to(grade_dir).parts[:-1]):
+                    continue
+                pid, side = parse_knee_name(path.stem)
+                rows.append(
+                    {
+                        "path": os.fspath(path),
+                        "crop": "full",
+                        "participant_id": pid,
+                        "side": side,
+                        "kl": kl,
+                        "source": "folders",
+                        "row": 0,
+                        "split": split,
+                    }
+                )
+                count += 1
+        if count == 0:
+            raise DataError(f"split '{split}' holds no images", path=split_dir)
+    records = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    records["kl"] = records["kl"].astype(int)
+    records["row"] = records["row"].astype(int)
+    records = records.sort_values(["split", "path"], kind="stable").reset_index(drop=True)
+    records.attrs.update({"source": "folders", "root": os.fspath(folder), "dropped_missing_kl": 0})
+    return records
+
+
+# --------------------------------------------------------------------------- OAI
+
+
+def _leading_int(text):
+    match = _LEADING_INT.match(text)
+    return None if match is None else int(float(match.group(1)))
+
+
+def _parse_side(text):
+    value = text.strip().lower()
+    code = _leading_int(value)
+    if code in (1, 2):
+        return "R" if code == 1 else "L"
+    if value in ("r", "right"):
+        return "R"
+    if value in ("l", "left"):
+        return "L"
+    return None
+
+
+def _is_missing(text):
+    value = text.strip()
+    return value == "" or value.startswith(".") or value.upper() in ("NA", "NAN")
+
+
+def read_kl_file(path, *, readprj=15):
+    """Reads an OAI `kXR_SQ_BU00.txt` KL file: one row per knee of reading project `readprj`.
+
+    Args:
+        path: the pipe-delimited KL file.
+        readprj: the reading project to keep (15 = the BU baseline reading the paper uses).
+
+    Returns:
+        `(knees, dropped)`: a DataFrame with `participant_id`, `side` (R/L), `kl` (int) and
+        `row` (the file's row, header = 1), and the number of knees dropped for a blank KL.
+
+    Raises:
+        DataError: unreadable file, missing column, bad SIDE/READPRJ/KL value, no row of
+            `readprj`, two different grades for one knee.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read KL file: {e.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError("empty KL file (no header)", path=path, row=1)
+    header = [h.strip() for h in lines[0].split("|")]
+    index = {h.upper(): i for i, h in enumerate(header)}
+    for column in KL_COLUMNS:
+        if column not in index:
+            raise DataError(
+                f"missing column (header: {'|'.join(header)})", path=path, row=1, column=column
+            )
+    knees = {}
+    dropped = 0
+    seen_readprj = set()
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = [c.strip().strip('"') for c in line.split("|")]
+        if len(cells) < len(header):
+            cells += [""] * (len(header) - len(cells))
+
+        def cell(column, cells=cells):
+            return cells[index[column]]
+
+        pid = cell("ID")
+        if not pid:
+            raise DataError("empty participant ID", path=path, row=number, column="ID")
+        project = _leading_int(cell("READPRJ"))
+        if project is None:
+            raise DataError(
+                f"READPRJ '{cell('READPRJ')}' is not a number",
+                path=path,
+                row=number,
+                column="READPRJ",
+            )
+        seen_readprj.add(project)
+        if project != int(readprj):
+            continue
+        side = _parse_side(cell("SIDE"))
+        if side is None:
+            raise DataError(
+                f"SIDE '{cell('SIDE')}' is not 1 (right) or 2 (left)",
+                path=path,
+                row=number,
+                column="SIDE",
+            )
+        value = cell("V00XRKL")
+        if _is_missing(value):
+            dropped += 1
+            continue
+        kl = _leading_int(value)
+        if kl is None or not 0 <= kl < NUM_KL_GRADES:
+            raise DataError(
+                f"KL grade '{value}' outside 0..4", path=path, row=number, column="V00XRKL"
+            )
+        key = (pid, side)
+        if key in knees and knees[key][0] != kl:
+            raise DataError(
+                f"participant {pid} side {side} has two KL grades ({knees[key][0]} in row "
+                f"{knees[key][1]}, {kl} here) in READPRJ {readprj}",
+                path=path,
+                row=number,
+                column="V00XRKL",
+            )
+        knees.setdefault(key, (kl, number))
+    if not knees and not dropped:
+        found = sorted(seen_readprj)
+        raise DataError(
+            f"no rows with READPRJ {readprj} (found {found})", path=path, column="READPRJ"
+        )
+    frame = pd.DataFrame(
+        [
+            {"participant_id": pid, "side": side, "kl": kl, "row": row}
+            for (pid, side), (kl, row) in knees.items()
+        ],
+        columns=["participant_id", "side", "kl", "row"],
+    )
+    return frame.astype({"kl": int, "row": int}), dropped
+
+
+def _image_index(folder):
+    """Lower-case file stem -> image path, for every image under `folder` (skipping truth/junk)."""
+    index = {}
+    for path in list_images(folder):
+        if any(_skipped(part) for part in path.relative_to(folder).parts[:-1]):
+            continue
+        stem = path.name.lower()
+        for suffix in (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        index.setdefault(stem, path)
+    return index
+
+
+def read_oai(root, *, readprj=15):
+    """Reads the OAI layout: the KL file and the images of the knees it grades.
+
+    Args:
+        root: the folder holding `kXR_SQ_BU00.txt` (or a folder above it) and the images.
+        readprj: the reading project to keep (default 15).
+
+    Returns:
+        DataFrame of records (module docstring), without `split` values (see `assign_splits`);
+        `records.attrs["dropped_missing_kl"]` counts knees dropped for a blank KL.
+
+    Raises:
+        DataError: as `read_kl_file`, or a graded knee without an image (naming the KL file's
+            row and the `ID` column).
+    """
+    _, folder = find_dataset(root, "oai")
+    kl_file = _kl_file_in(folder)
+    knees, dropped = read_kl_file(kl_file, readprj=readprj)
+    images = _image_index(folder)
+    rows = []
+    for knee in knees.itertuples(index=False):
+        pid, side = knee.participant_id, knee.side
+        lower = pid.lower()
+        path = images.get(f"{lower}{side.lower()}") or images.get(f"{lower}_{side.lower()}")
+        crop = "full"
+        if path is None:
+            path = images.get(lower)
+            crop = "left_half" if side == "R" else "right_half"
+        if path is None:
+            raise DataError(
+                f"no image for participant {pid} ({pid}.png/.dcm, {pid}{side} or {pid}_{side}) "
+                f"under {folder}",
+                path=kl_file,
+                row=knee.row,
+                column="ID",
+            )
+        rows.append(
+            {
+                "path": os.fspath(path),
+                "crop": crop,
+                "participant_id": pid,
+                "side": side,
+                "kl": knee.kl,
+                "source": "oai",
+                "row": knee.row,
+                "split": "",
+            }
+        )
+    records = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    records = records.astype({"kl": int, "row": int})
+    records = records.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
+    records.attrs.update(
+        {
+            "source": "oai",
+            "root": os.fspath(folder),
+            "kl_file": os.fspath(kl_file),
+            "readprj": int(readprj),
+            "dropped_missing_kl": int(dropped),
+        }
+    )
+    return records
+
+
+def read_records(root, *, readprj=15):
+    """Reads whichever layout `root` holds (see `find_dataset`) into records.
+
+    Args:
+        root: data set folder or a folder above it.
+        readprj: OAI reading project (ignored for folders).
+
+    Returns:
+        DataFrame of records; `attrs["source"]` is `"oai"` or `"folders"`.
+    """
+    layout, folder = find_dataset(root)
+    if layout == "oai":
+        return read_oai(folder, readprj=readprj)
+    return read_kl_folders(folder)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def assign_splits(records, *, seed=0, test_fraction=0.3, val_fraction_of_train=0.1):
+    """The paper's split (§3.4): train/test 70/30 and 10% of train for validation.
+
+    Stratified by KL grade; every participant (both knees) in exactly one split.
+
+    Args:
+        records: DataFrame with `participant_id` and `kl`.
+        seed: seed of the split.
+        test_fraction: share of knees in test (0.3).
+        val_fraction_of_train: share of the train knees kept for validation (0.1).
+
+    Returns:
+        A copy of `records` with its `split` column set.
+    """
+    if len(records) == 0:
+        raise DataError("no knees to split")
+    out = records.copy()
+    out["split"] = split_by_group(
+        out,
+        group_col="participant_id",
+        stratify_col="kl",
+        fractions={"train": 1.0 - test_fraction, "test": test_fraction},
+        val_fraction_of_train=val_fraction_of_train,
+        seed=seed,
+    ).to_numpy()
+    return out
+
+
+def load_records(root, *, seed=0, readprj=15, val_fraction_of_train=0.1):
+    """Reads `root` and gives every record a split, as training needs.
+
+    OAI records get the paper's split (`assign_splits`); folder records keep their folders' split
+    and, when there is no `val` folder, 10% of train (by participant) become `val`.
+
+    Args:
+        root: data set folder or a folder above it.
+        seed: seed of any split drawn here.
+        readprj: OAI reading project.
+        val_fraction_of_train: validation share of train when it is drawn here.
+
+    Returns:
+        DataFrame of records with `split` set.
+
+    Raises:
+        DataError: as the readers, or an empty `train`, `val` or `test` split.
+    """
+    records = read_records(root, readprj=readprj)
+    attrs = dict(records.attrs)
+    if attrs["source"] == "oai":
+        records = assign_splits(records, seed=seed, val_fraction_of_train=val_fraction_of_train)
+    elif not (records["split"] == "val").any():
+        train = records["split"] == "train"
+        if train.any():
+            records.loc[train, "split"] = assign_validation(
+                records[train],
+                group_col="participant_id",
+                fraction=val_fraction_of_train,
+                seed=seed,
+                stratify_col="kl",
+            ).to_numpy()
+    for split in ("train", "val", "test"):
+        if not (records["split"] == split).any():
+            raise DataError(f"split '{split}' is empty", path=attrs["root"])
+    records.attrs.update(attrs)
+    return records
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def inspect_dataset(root):
+    """Summarises a data set as the `inspect` command's JSON (CONTRACT.md).
+
+    Args:
+        root: data set folder or a folder above it.
+
+    Returns:
+        OAI: `{"source": "oai", "knees": N, "kl_counts": {"0": n, ..., "4": n}}`;
+        folders: `{"source": "folders", "splits": {"train": n, ...}, "kl_counts": {...}}`.
+    """
+    records = read_records(root)
+    counts = records["kl"].value_counts()
+    kl_counts = {str(k): int(counts.get(k, 0)) for k in range(NUM_KL_GRADES)}
+    if records.attrs["source"] == "oai":
+        return {"source": "oai", "knees": int(len(records)), "kl_counts": kl_counts}
+    order = [s for s in ("train", "val", "test", "auto_test") if (records["split"] == s).any()]
+    splits = {s: int((records["split"] == s).sum()) for s in order}
+    return {"source": "folders", "splits": splits, "kl_counts": kl_counts}
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def check_image_file(path):
+    """Checks cheaply that `path` looks like a whole image; reads it fully only when in doubt.
+
+    Args:
+        path: an image file.
+
+    Raises:
+        ImageReadError: missing, empty, truncated or not an image (naming the path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError("file not found", path=path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageReadError("empty file", path=path)
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+        handle.seek(max(0, size - 12))
+        tail = handle.read(12)
+    if path.suffix.lower() in DICOM_SUFFIXES or head[128:132] == b"DICM":
+        whole = head[128:132] == b"DICM"
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        whole = tail.endswith(b"IEND\xaeB`\x82")
+    elif head.startswith(b"\xff\xd8\xff"):
+        whole = tail.endswith(b"\xff\xd9")
+    else:
+        whole = False
+    if not whole:
+        read_image(path)  # raises ImageReadError naming the file if it is broken
+
+
+def load_knee(path, crop):
+    """Reads one knee: the whole image, or the left/right half of a bilateral film.
+
+    Args:
+        path: image file.
+        crop: `"full"`, `"left_half"` or `"right_half"`.
+
+    Returns:
+        float32 `(H, W)` in [0, 1].
+    """
+    image = read_image(path)
+    width = image.shape[1]
+    if crop == "left_half":
+        return np.ascontiguousarray(image[:, : width // 2])
+    if crop == "right_half":
+        return np.ascontiguousarray(image[:, width - width // 2 :])
+    if crop != "full":
+        raise ValueError(f"Unknown crop '{crop}'. Available: {list(CROPS)}")
+    return image
+
+
+def _load_knee_numpy(path, crop_code):
+    path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
+    return load_knee(path, CROPS[int(crop_code)])
+
+
+def make_dataset(records, *, config, training, batch_size, seed=0, cache=True):
+    """Builds the `tf.data` pipeline of §3.4 for a model configuration.
+
+    Per knee: read (PNG, JPEG or DICOM), cut the bilateral film in the middle when the record says
+    so, resize to `config["image_size_hw"]` (stretching, as the paper resizes every half to the
+    mean size), histogram equalisation (`config["histogram_equalization"]`), cache; when
+    `training`: shuffle and random horizontal flip (`config["augment_flip"]`,
+    `common.augment.augment_fn`, seeded per example and epoch); gray repeated to
+    `config["channels"]`; batch; prefetch.
+
+    Args:
+        records: DataFrame with `path`, `crop` and `kl` (e.g. one split of `load_records`).
+        config: a preset name or a configuration dict from `kneeoa.model.resolve_config`.
+        training: shuffle and augment.
+        batch_size: examples per batch.
+        seed: seed of shuffling and augmentation.
+        cache: cache decoded, preprocessed knees in memory (True) or not.
+
+    Returns:
+        `tf.data.Dataset` of `(images (B, H, W, C) float32 in [0, 1], {output name: (B,) int32
+        KL grades})`, one target per model output (`att0`, `att1`, ... or `fusion`).
+
+    Raises:
+        DataError: no records, a missing column, a KL grade outside 0..4, a bad crop, a missing,
+            empty or broken image file (naming it).
+    """
+    if isinstance(config, str):
+        config = resolve_config(config)
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if len(records) == 0:
+        raise DataError("no records: the split is empty")
+    for column in ("path", "crop", "kl"):
+        if column not in records.columns:
+            raise DataError("missing record column", column=column)
+    kl = pd.to_numeric(records["kl"], errors="coerce").to_numpy()
+    bad = ~np.isfinite(kl) | (kl < 0) | (kl >= NUM_KL_GRADES) | (kl != np.round(kl))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"KL grade {records['kl'].iloc[i]} outside 0..4",
+            path=records["path"].iloc[i],
+            column="kl",
+        )
+    unknown = ~records["crop"].isin(CROPS)
+    if unknown.any():
+        i = int(np.argmax(unknown.to_numpy()))
+        raise DataError(
+            f"unknown crop '{records['crop'].iloc[i]}', expected one of {list(CROPS)}",
+            path=records["path"].iloc[i],
+            column="crop",
+        )
+    paths = [os.fspath(p) for p in records["path"]]
+    for path in paths:
+        check_image_file(path)
+    crops = np.asarray([CROPS.index(c) for c in records["crop"]], dtype=np.int32)
+    labels = kl.astype(np.int32)
+    n = len(paths)
+    height, width = config["image_size_hw"]
+    channels = int(config["channels"])
+    names = output_names(config)
+    equalize = bool(config["histogram_equalization"])
+
+    def load(path, crop, label, index):
+        image = tf.numpy_function(_load_knee_numpy, [path, crop], tf.float32, stateful=False)
+        image = tf.reshape(image, tf.concat([tf.shape(image)[:2], [1]], axis=0))
+        image = resize(tf.ensure_shape(image, [None, None, 1]), (height, width))
+        if equalize:
+            image = equalize_histogram(image)
+        return {"image": tf.ensure_shape(image, [height, width, 1]), "kl": label, "index": index}
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.asarray(paths, dtype=object), crops, labels, np.arange(n, dtype=np.int64))
+    )
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        augment = augment_fn(AugmentConfig(flip_lr=bool(config["augment_flip"]), seed=seed))
+        stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def apply(element, random_value):
+            element = dict(element)
+            example_seed = tf.stack([random_value, element["index"]])
+            element["image"] = tf.ensure_shape(
+                augment(element["image"], example_seed), [height, width, 1]
+            )
+            return element
+
+        ds = tf.data.Dataset.zip((ds, stream)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_output(element):
+        image = element["image"]
+        if channels == 3:
+            image = tf.repeat(image, 3, axis=-1)
+        return image, {name: element["kl"] for name in names}
+
+    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)

@@ -1,0 +1,328 @@
+"""Evaluation, prediction and explanation of KL-grade models; `metrics.json`, `report.html`, overlays."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from common import metrics as M
+from common import reports
+from common.export import load_model
+from common.inference import collect_image_paths
+from common.inference import metrics_with_ci
+from common.inference import output_path
+from kneeoa.data import load_records
+from kneeoa.data import make_dataset
+from kneeoa.model import TABLE1_ACCURACY
+from kneeoa.model import average_logits_probabilities
+from kneeoa.model import explain_model
+from kneeoa.model import logits_model
+
+KL_NAMES = [f"KL{k}" for k in range(5)]
+# Paper 000, Tables 1 and 2: VGG-16 multi-loss att0, OAI + MOST test set.
+PAPER_REFERENCE = {"accuracy": 0.643, "kappa_quadratic": 0.63}
+PAPER_NOTE = (
+    "Paper figures: Górriz et al. 2019, Tables 1-2, VGG-16 multi-loss att0 on the OAI + MOST test "
+    "set (the paper does not say which kappa weighting it uses). Ours are on the data set given to "
+    "this run (phantoms by default), so the two are not the same measurement."
+)
+
+
+def model_config(model, model_path=None):
+    """The preprocessing and test-time settings of a model: its run's `config.json` when beside
+    the file, else what the model itself shows (input size, channels, outputs)."""
+    config = {}
+    if model_path is not None:
+        candidate = Path(model_path).with_name("config.json")
+        if candidate.is_file():
+            config = json.loads(candidate.read_text())
+    height, width, channels = model.input_shape[1:]
+    names = list(model.output_names)
+    config.update(
+        {
+            "image_size_hw": (int(height), int(width)),
+            "channels": int(channels),
+            "branches": tuple(n for n in names if n.startswith("att")) or tuple(names),
+            "combination": "early-fusion"
+            if names == ["fusion"]
+            else config.get("combination", "multi-loss"),
+        }
+    )
+    config.setdefault("histogram_equalization", True)
+    config.setdefault("augment_flip", False)
+    if config.get("test_branch") not in names:
+        config["test_branch"] = names[0]
+    return config
+
+
+def _predict_all(model, dataset):
+    """(probabilities per output, logits per output) over a dataset, batch by batch."""
+    logits_fn = logits_model(model)
+    probs, logits = {}, {}
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        out = logits_fn(images, training=False)
+        for name, value in out.items():
+            value = np.asarray(value, dtype=np.float64)
+            logits.setdefault(name, []).append(value)
+            e = np.exp(value - value.max(-1, keepdims=True))
+            probs.setdefault(name, []).append(e / e.sum(-1, keepdims=True))
+    return (
+        {k: np.concatenate(v) for k, v in probs.items()},
+        {k: np.concatenate(v) for k, v in logits.items()},
+    )
+
+
+def kl_metrics(y_true, y_pred, groups=None, *, per_branch=None, seed=0):
+    """The CONTRACT.md metrics of a KL grader with 95% bootstrap intervals (grouped by knee owner)."""
+    fns = {
+        "accuracy": M.accuracy,
+        "kappa_quadratic": lambda t, p: M.cohen_kappa(t, p, weights="quadratic", num_classes=5),
+        "kappa_linear": lambda t, p: M.cohen_kappa(t, p, weights="linear", num_classes=5),
+        "mae_kl": M.mae,
+    }
+    values, ci = metrics_with_ci(fns, y_true, y_pred, groups=groups, seed=seed)
+    values["per_branch_accuracy"] = {}
+    ci["per_branch_accuracy"] = {}
+    for branch, pred in (per_branch or {}).items():
+        value, interval = metrics_with_ci({"a": M.accuracy}, y_true, pred, groups=groups, seed=seed)
+        values["per_branch_accuracy"][branch] = value["a"]
+        ci["per_branch_accuracy"][branch] = interval["a"]
+    return values, ci
+
+
+def _sample_overlays(model, records, config, count=6):
+    """PNG overlays of every branch's attention mask over a few test knees (one per KL grade first)."""
+    explainer = explain_model(model)
+    picks = []
+    for grade in range(5):
+        rows = records[records["kl"] == grade]
+        if len(rows):
+            picks.append(rows.index[0])
+    picks = (picks + [i for i in records.index if i not in picks])[:count]
+    subset = records.loc[picks]
+    ds = make_dataset(subset, config=config, training=False, batch_size=len(subset), cache=False)
+    images, _ = next(iter(ds))
+    out = explainer(images, training=False)
+    items = []
+    for i, (_, row) in enumerate(subset.iterrows()):
+        image = np.asarray(images[i])[..., 0]
+        for branch in config["branches"]:
+            key = f"{branch}_mask"
+            if key not in out:
+                continue
+            mask = np.asarray(out[key][i])[..., 0]
+            title = f"{Path(row['path']).name} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            items.append((reports.overlay_png(image, mask, title=title), title))
+    return items
+
+
+def evaluate_model(model, records, *, config, out_dir, history_path=None, verbose=1, seed=0):
+    """Evaluates `model` on `records` (one split) and writes the run's evaluation files.
+
+    Writes `metrics.json` (CONTRACT.md keys, `ci`, the averaged-logits ensemble of §4 under
+    `ensemble_accuracy`), `predictions.csv` (one row per knee: file, side, true KL, predicted KL
+    of the test branch and of every branch, class probabilities) and `report.html`.
+
+    Returns:
+        The metrics dict.
+    """
+    ds = make_dataset(
+        records, config=config, training=False, batch_size=int(config.get("batch_size", 32))
+    )
+    probs, logits = _predict_all(model, ds)
+    y_true = records["kl"].to_numpy().astype(int)
+    groups = (
+        records["participant_id"].astype(str).to_numpy() if "participant_id" in records else None
+    )
+    test_branch = config["test_branch"]
+    preds = {name: p.argmax(-1) for name, p in probs.items()}
+    values, ci = kl_metrics(
+        y_true, preds[test_branch], groups, per_branch=preds if len(preds) > 1 else preds, seed=seed
+    )
+    values["test_branch"] = test_branch
+    values["knees"] = int(len(y_true))
+    if len(logits) > 1:
+        ensemble = average_logits_probabilities(logits).argmax(-1)
+        value, interval = metrics_with_ci(
+            {"a": M.accuracy}, y_true, ensemble, groups=groups, seed=seed
+        )
+        values["ensemble_accuracy"] = value["a"]
+        ci["ensemble_accuracy"] = interval["a"]
+    values["confusion_matrix"] = M.confusion_matrix(
+        y_true, preds[test_branch], num_classes=5
+    ).tolist()
+    metrics = {**values, "ci": ci, "paper": PAPER_REFERENCE}
+    reports.write_json(output_path(out_dir, "metrics.json"), metrics)
+
+    frame = pd.DataFrame(
+        {
+            "image": [Path(p).name for p in records["path"]],
+            "side": records.get("side", pd.Series([""] * len(records))).to_numpy(),
+            "kl_true": y_true,
+            "kl_pred": preds[test_branch],
+        }
+    )
+    for name, pred in preds.items():
+        frame[f"{name}_pred"] = pred
+    for k in range(5):
+        frame[f"prob_kl{k}"] = probs[test_branch][:, k]
+    reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
+
+    report = reports.HTMLReport("Knee OA KL grading: evaluation")
+    report.add_paragraph(
+        f"Model {model.name}, test branch {test_branch}, {len(y_true)} knees; 95% intervals by "
+        "bootstrap over participants."
+    )
+    report.add_metrics(
+        {k: values[k] for k in ("accuracy", "kappa_quadratic", "kappa_linear", "mae_kl")},
+        ci={k: ci[k] for k in ("accuracy", "kappa_quadratic", "kappa_linear", "mae_kl")},
+        reference=PAPER_REFERENCE,
+        reference_note=PAPER_NOTE,
+    )
+    base = config.get("base")
+    table = [
+        {
+            "branch": branch,
+            "accuracy (ours)": values["per_branch_accuracy"].get(branch),
+            "95% CI": ci["per_branch_accuracy"].get(branch),
+            "Table 1, multi-loss (paper)": (
+                TABLE1_ACCURACY.get(base, {}).get("multi-loss", {}) or {}
+            ).get(branch),
+            "Table 1, single branch (paper)": TABLE1_ACCURACY.get(base, {}).get(branch),
+        }
+        for branch in preds
+    ]
+    report.add_table(
+        table, caption=f"Per-branch accuracy, laid out like Table 1 (paper base: {base})."
+    )
+    report.add_image(
+        reports.plot_confusion_matrix(np.asarray(values["confusion_matrix"]), KL_NAMES),
+        f"Confusion matrix of {test_branch} (rows: true KL)",
+    )
+    report.add_image(
+        reports.plot_calibration(y_true, probs[test_branch], class_names=KL_NAMES),
+        "Reliability of the predicted KL probabilities (one-vs-rest)",
+    )
+    if history_path and os.path.exists(history_path):
+        report.add_image(
+            reports.plot_learning_curves(reports.read_history(history_path)), "Learning curves"
+        )
+    try:
+        report.add_images_grid(_sample_overlays(model, records, config))
+    except (ValueError, KeyError) as exc:  # a model without attention branches
+        report.add_paragraph(f"No attention maps: {exc}")
+    report.write(output_path(out_dir, "report.html"))
+    if verbose:
+        print(
+            f"Test accuracy {values['accuracy']:.3f}, quadratic kappa {values['kappa_quadratic']:.3f} "
+            f"({test_branch}, {len(y_true)} knees). Report: {os.path.join(out_dir, 'report.html')}",
+            flush=True,
+        )
+    return metrics
+
+
+def evaluate(model, data_dir, out_dir, *, split="test", seed=0, verbose=1):
+    """Evaluates a saved `.h5` / `.keras` model on a data set's held-out split.
+
+    Args:
+        model: model file (its run's `config.json` beside it gives the preprocessing; else it is
+            read off the model).
+        data_dir: data set (either layout).
+        out_dir: where `metrics.json`, `report.html`, `predictions.csv` go.
+        split: which split to evaluate (default `test`, the paper's 30%).
+        seed: the split's seed (the one the model was trained with).
+    """
+    model_path = model
+    model = load_model(model_path)
+    config = model_config(model, model_path)
+    records = load_records(data_dir, seed=int(config.get("seed", seed)))
+    records = records[records["split"] == split]
+    history = Path(model_path).with_name("history.csv")
+    return evaluate_model(
+        model, records, config=config, out_dir=out_dir, history_path=history, verbose=verbose
+    )
+
+
+def _write_attention_overlay(out_dir, stem, image, outputs, index, branches, height_px=320):
+    """One PNG per knee: each branch's attention mask over the knee, side by side and labelled."""
+    panels = []
+    for branch in branches:
+        if f"{branch}_mask" not in outputs:
+            continue
+        panel = reports.overlay_map(image, np.asarray(outputs[f"{branch}_mask"][index])[..., 0])
+        width = int(round(panel.shape[1] * height_px / panel.shape[0]))
+        panel = cv2.resize(panel, (width, height_px), interpolation=cv2.INTER_LINEAR)
+        cv2.putText(
+            panel, branch, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA
+        )
+        panels.append(panel)
+    name = f"{stem}_attention.png"
+    ok, encoded = cv2.imencode(
+        ".png", cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR)
+    )
+    if not ok:
+        raise ValueError(f"could not encode the overlay of {stem}")
+    reports.save_png(output_path(out_dir, name), encoded.tobytes())
+    return name
+
+
+def predict(model, inputs, out_dir, *, explain=False, bilateral=False, verbose=1):
+    """Grades knee images: one row per knee in `OUT/predictions.csv`.
+
+    Args:
+        model: model file (`.h5` or `.keras`).
+        inputs: image files (PNG, JPEG, DICOM) or folders of them.
+        out_dir: output folder.
+        explain: also write `OUT/<image>_attention.png`: every branch's attention mask over the knee.
+        bilateral: inputs are bilateral PA films: split each down the middle into two knees
+            (image left half = the patient's right knee).
+    """
+    model_path = model
+    model = load_model(model_path)
+    config = model_config(model, model_path)
+    paths = collect_image_paths(inputs)
+    crops = [("right", "left_half"), ("left", "right_half")] if bilateral else [("", "full")]
+    records = pd.DataFrame(
+        [
+            {"path": os.fspath(p), "crop": crop, "side": side, "kl": 0}
+            for p in paths
+            for side, crop in crops
+        ]
+    )
+    ds = make_dataset(records, config=config, training=False, batch_size=16, cache=False)
+    explainer = explain_model(model) if explain else None
+    test_branch = config["test_branch"]
+    rows = []
+    offset = 0
+    for images, _ in tqdm(ds, desc="predict", unit="batch", disable=not verbose):
+        out = (explainer or model)(images, training=False)
+        probs = np.asarray(out[test_branch])
+        for i in range(len(probs)):
+            record = records.iloc[offset + i]
+            row = {
+                "image": Path(record["path"]).name,
+                "side": record["side"],
+                "kl_pred": int(probs[i].argmax()),
+            }
+            row.update({f"prob_kl{k}": float(probs[i, k]) for k in range(probs.shape[1])})
+            for name in model.output_names:
+                row[f"{name}_pred"] = int(np.asarray(out[name][i]).argmax())
+            if explainer is not None:
+                stem = Path(record["path"]).stem + (f"_{record['side']}" if record["side"] else "")
+                row["overlay"] = _write_attention_overlay(
+                    out_dir, stem, np.asarray(images[i])[..., 0], out, i, config["branches"]
+                )
+            rows.append(row)
+        offset += len(probs)
+    frame = pd.DataFrame(rows)
+    reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
+    if verbose:
+        print(f"{len(frame)} knees graded: {os.path.join(out_dir, 'predictions.csv')}", flush=True)
+    return frame
