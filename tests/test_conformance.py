@@ -25,14 +25,29 @@ PACKAGES = [p for p in ALL_PACKAGES if os.path.isfile(os.path.join(REPO_ROOT, p,
 INSPECT_KEYS = {
     "kneeoa": [{"source", "knees", "kl_counts"}, {"source", "splits", "kl_counts"}],
     "deepra": [
-        {"patients", "films", "erosion_columns", "narrowing_columns", "overall_tol_sum", "max_foot_erosion"}
+        {
+            "patients",
+            "films",
+            "erosion_columns",
+            "narrowing_columns",
+            "overall_tol_sum",
+            "max_foot_erosion",
+        }
     ],
     "spinenet": [{"patients", "discs", "series", "modic_counts", "pfirrmann_counts"}],
     "boneage": None,  # one entry per split present, checked below
     "mura": [{"train", "valid"}],
 }
 
-API = ("PRESETS", "build_model", "write_phantom_dataset", "inspect_dataset", "train", "evaluate", "predict")
+API = (
+    "PRESETS",
+    "build_model",
+    "write_phantom_dataset",
+    "inspect_dataset",
+    "train",
+    "evaluate",
+    "predict",
+)
 TRAIN_KEYWORDS = ("preset", "epochs", "batch_size", "seed", "strategy", "resume", "weights")
 
 
@@ -64,7 +79,11 @@ def test_public_api_and_signatures(package):
     for name in TRAIN_KEYWORDS:
         assert name in train.parameters, f"train() has no '{name}'"
     assert train.parameters["preset"].default == "demo"
-    assert list(inspect.signature(package.evaluate).parameters)[:3] == ["model", "data_dir", "out_dir"]
+    assert list(inspect.signature(package.evaluate).parameters)[:3] == [
+        "model",
+        "data_dir",
+        "out_dir",
+    ]
     predict = inspect.signature(package.predict)
     assert list(predict.parameters)[:3] == ["model", "inputs", "out_dir"]
     assert "explain" in predict.parameters
@@ -117,6 +136,8 @@ def test_demo_model_round_trip_h5_and_keras(package, tmp_path):
         save_model(model, path)
         out = load_model(path)(inputs, training=False)
         flat_a = [np.asarray(v) for v in (out.values() if isinstance(out, dict) else [out])]
-        flat_e = [np.asarray(v) for v in (expected.values() if isinstance(expected, dict) else [expected])]
+        flat_e = [
+            np.asarray(v) for v in (expected.values() if isinstance(expected, dict) else [expected])
+        ]
         for a, e in zip(flat_a, flat_e, strict=True):
             np.testing.assert_allclose(a, e, atol=1e-5)
