@@ -88,7 +88,9 @@ class Trainer:
         build_model: callable returning a `keras.Model`; called inside the strategy's scope.
             Model outputs may be one tensor or a dict keyed by output name.
         losses: dict output name -> loss (name, `keras.losses.Loss`, or callable returning a
-            per-example vector), or one loss for a single-output model.
+            per-example vector), or one loss for a single-output model; or `"model"` for models
+            that compute their own loss (`model.compute_loss`, e.g. keras-hub's RetinaNet, whose
+            loss matches boxes to anchors): then `compile_fn` compiles the model with its loss.
         optimizer: callable returning a Keras optimizer (created inside the scope), or a name.
         loss_weights: dict output name -> weight of that output's loss (paper 000's multi-loss
             `sum_b w_b L_b`, paper 002's `omega_t`). Defaults to 1 for each.
@@ -100,6 +102,8 @@ class Trainer:
             the validation set after each epoch; its keys are logged with a `val_` prefix.
         seed: seeds Python, NumPy and TensorFlow before the model is built.
         verbose: 0 silent, 1 progress bar per epoch (chief only).
+        compile_fn: optional callable `(model, optimizer)` that compiles the model (inside the
+            scope); defaults to `model.compile(optimizer=optimizer)`.
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class Trainer:
         val_metrics=None,
         seed=0,
         verbose=1,
+        compile_fn=None,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = is_chief(self.strategy)
@@ -128,21 +133,30 @@ class Trainer:
                 self.optimizer = keras.optimizers.get(optimizer)
             else:
                 self.optimizer = optimizer()
-            self.model.compile(optimizer=self.optimizer)
+            if compile_fn is not None:
+                compile_fn(self.model, self.optimizer)
+            else:
+                self.model.compile(optimizer=self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
         self.output_names = list(self.model.output_names)
-        if not isinstance(losses, dict):
+        self.model_loss = isinstance(losses, str) and losses == "model"
+        if self.model_loss:
+            losses = {"model": None}
+        elif not isinstance(losses, dict):
             if len(self.output_names) != 1:
                 raise ValueError(
                     f"The model has outputs {self.output_names}: give `losses` as a dict keyed by them."
                 )
             losses = {self.output_names[0]: losses}
         unknown = sorted(set(losses) - set(self.output_names))
-        if unknown:
+        if unknown and not self.model_loss:
             raise ValueError(
                 f"Losses for unknown outputs {unknown}. Model outputs: {self.output_names}"
             )
-        self.losses = {name: _per_example_loss(spec) for name, spec in losses.items()}
+        self.losses = {
+            name: None if self.model_loss else _per_example_loss(spec)
+            for name, spec in losses.items()
+        }
         loss_weights = dict(loss_weights or {})
         unknown = sorted(set(loss_weights) - set(self.losses))
         if unknown:
@@ -165,6 +179,18 @@ class Trainer:
         if isinstance(value, dict):
             return value
         return {self.output_names[0]: value}
+
+    def _model_loss_sum(self, inputs, targets, predictions, sample_weights, training):
+        """The model's own loss (a batch mean) times the batch size, as a per-output sum."""
+        loss = self.model.compute_loss(
+            x=inputs, y=targets, y_pred=predictions, sample_weight=sample_weights, training=training
+        )
+        # Keras divides a loss computed in a replica context by the number of replicas
+        loss = tf.cast(loss, tf.float32)
+        if tf.distribute.in_cross_replica_context() is False and tf.distribute.has_strategy():
+            loss = loss * self.strategy.num_replicas_in_sync
+        count = tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float32)
+        return {"model": loss * count}
 
     def _loss_sums(self, targets, predictions, sample_weights):
         targets = self._as_dict(targets)
@@ -202,7 +228,12 @@ class Trainer:
             global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
             with tf.GradientTape() as tape:
                 predictions = model(inputs, training=True)
-                sums = self._loss_sums(targets, predictions, sample_weights)
+                if self.model_loss:
+                    sums = self._model_loss_sum(
+                        inputs, targets, predictions, sample_weights, training=True
+                    )
+                else:
+                    sums = self._loss_sums(targets, predictions, sample_weights)
                 loss = self._combine(sums, global_count)
                 regularization = tf.constant(0.0)
                 if model.losses:
@@ -452,8 +483,34 @@ class Trainer:
             return cat(predictions), cat(targets), cat(weights)
         return cat(predictions)
 
+    def _evaluate_model_loss(self, dataset, prefix):
+        """`evaluate` for models that compute their own loss: batch by batch (it needs the inputs)."""
+        if self._predict_step is None:
+            self._predict_step = self._make_predict_step()
+        total, count = 0.0, 0.0
+        predictions, targets = {}, {}
+        for batch in dataset:
+            inputs, y, sw = _unpack(batch)
+            out = self._predict_step(inputs)
+            total += float(self._model_loss_sum(inputs, y, out, sw, training=False)["model"])
+            count += float(tf.shape(tf.nest.flatten(inputs)[0])[0])
+            for name, value in self._as_dict(out).items():
+                predictions.setdefault(name, []).append(np.asarray(value))
+            for name, value in self._as_dict(y).items():
+                targets.setdefault(name, []).append(np.asarray(value))
+        if count == 0:
+            raise ValueError("The validation dataset is empty.")
+        logs = {f"{prefix}loss": total / count}
+        if self.val_metrics is not None:
+            cat = lambda d: {k: np.concatenate(v, axis=0) for k, v in d.items()}  # noqa: E731
+            for key, value in self.val_metrics(cat(targets), cat(predictions)).items():
+                logs[f"{prefix}{key}"] = _to_float(value)
+        return logs
+
     def evaluate(self, dataset, *, prefix=""):
         """Loss (and `val_metrics`) over a dataset on this worker, as a dict of floats."""
+        if self.model_loss:
+            return self._evaluate_model_loss(dataset, prefix)
         predictions, targets, weights = self.predict(dataset, return_targets=True)
         if not predictions:
             raise ValueError("The validation dataset is empty.")
@@ -519,6 +576,7 @@ def train_and_export(
     seed=0,
     restore_best=True,
     verbose=1,
+    compile_fn=None,
 ):
     """The training half of every package's `train`: config, engine, best weights, model files.
 
@@ -529,7 +587,8 @@ def train_and_export(
 
     Args:
         build_model: callable returning the model (built inside the strategy's scope).
-        losses, optimizer, loss_weights, callbacks, val_metrics, seed, verbose: as `Trainer`.
+        losses, optimizer, loss_weights, callbacks, val_metrics, seed, verbose, compile_fn: as
+            `Trainer`.
         train, validation: datasets (or `epoch -> dataset` for `train`), see `Trainer.fit`.
         out_dir: the run folder.
         epochs: total epochs.
@@ -577,6 +636,7 @@ def train_and_export(
         val_metrics=val_metrics,
         seed=seed,
         verbose=verbose,
+        compile_fn=compile_fn,
     )
     history = trainer.fit(train, validation, epochs=epochs, resume=resume)
     best = best_weights_path(out_dir) if restore_best else None

@@ -239,3 +239,37 @@ def test_empty_training_set_raises():
     )
     with pytest.raises(ValueError, match="empty"):
         trainer.fit(empty.batch(4), epochs=1)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class OwnLossModel(keras.Model):
+    """A model whose loss lives in `compute_loss` (like keras-hub's RetinaNet): MSE x 3."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        from keras.src.losses.loss import scale_loss_for_distribution
+
+        return scale_loss_for_distribution(3.0 * tf.reduce_mean(tf.square(y["y"] - y_pred["y"])))
+
+
+def test_models_with_their_own_compute_loss():
+    x, y = _tiny_data()
+
+    def build():
+        inputs = keras.Input((4,), name="x")
+        return OwnLossModel(inputs, {"y": keras.layers.Dense(1, name="y")(inputs)})
+
+    compiled = []
+    trainer = Trainer(
+        build,
+        losses="model",
+        optimizer=lambda: keras.optimizers.SGD(0.02),
+        compile_fn=lambda model, opt: compiled.append(model.compile(optimizer=opt)) or None,
+        verbose=0,
+    )
+    assert len(compiled) == 1
+    ds = tf.data.Dataset.from_tensor_slices((x, {"y": y})).batch(8)
+    before = trainer.evaluate(ds)["loss"]
+    prediction = np.asarray(trainer.model(x)["y"])
+    np.testing.assert_allclose(before, 3.0 * np.mean((prediction - y) ** 2), rtol=1e-5)
+    history = trainer.fit(ds, ds, epochs=3)
+    assert history[-1]["val_loss"] < before
