@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.fileio import atomic_write_bytes
+
 MODES = ("add", "max", "set")
 _SUPERSAMPLE = 4
 
@@ -604,17 +606,7 @@ def write_mha(path, volume_zyx, spacing_xyz=(1, 1, 1), direction=None, compress=
 
 
 def _atomic_write_bytes(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def _unlink_quietly(name):

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from common.errors import DataError
+from common.fileio import atomic_write_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DPI = 100
@@ -857,20 +857,7 @@ class HTMLReport:
 
 
 def _atomic_write_bytes(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def _jsonable(obj):

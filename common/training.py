@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from common.distribute import is_chief
 from common.distribute import worker_dir
+from common.fileio import atomic_write_text
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -68,12 +69,7 @@ def _unpack(batch):
 
 
 def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _to_float(value):
