@@ -68,6 +68,10 @@ class MURAConfig:
         growth_rate: feature maps added by each conv block (`"densenet"` only).
         stem_filters: filters of the 7x7 stride-2 stem convolution (`"densenet"` only).
         compression: fraction of channels a transition layer keeps (`"densenet"` only).
+        bn_momentum: momentum of the BatchNormalization moving statistics (`"densenet"` only;
+            Keras' DenseNets use 0.99). A lower value lets the inference statistics follow a
+            network trained from scratch at a high learning rate, whose validation loss otherwise
+            jumps from epoch to epoch.
         dropout_rate: dropout before the sigmoid unit, in [0, 1); 0 adds no layer (the slides).
         weights: None (random initialisation) or the path of a local weights file for the backbone
             (e.g. Keras' `densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5` ImageNet file).
@@ -82,8 +86,10 @@ class MURAConfig:
         horizontal_flip: random left-right flips while training.
         rotation_deg: largest random rotation while training, in degrees (0: none).
         val_fraction: fraction of the training patients held out for validation.
-        ensemble_size: number of best checkpoints (by validation loss) averaged by evaluate/predict
-            (the MURA paper: 5; 1 = the single best model).
+        top_k_checkpoints: number of best epochs (by validation loss) whose weights `train` keeps
+            in `RUN/checkpoints/topk/` for ensembles (the MURA paper ensembles 5; 0 keeps none).
+        ensemble_size: number of those checkpoints averaged by `train`'s final evaluation and by
+            default by `evaluate`/`predict` (1 = the single best model; `--ensemble K` overrides).
     """
 
     backbone: str = "densenet169"
@@ -92,6 +98,7 @@ class MURAConfig:
     growth_rate: int = 32
     stem_filters: int = 64
     compression: float = 0.5
+    bn_momentum: float = 0.99
     dropout_rate: float = 0.0
     weights: str | None = None
     learning_rate: float = 1e-4
@@ -105,6 +112,7 @@ class MURAConfig:
     horizontal_flip: bool = True
     rotation_deg: float = 30.0
     val_fraction: float = 0.1
+    top_k_checkpoints: int = 5
     ensemble_size: int = 1
 
     def to_dict(self):
@@ -208,8 +216,21 @@ def _validate(config):
             raise ValueError(f"blocks must be positive ints, got {config.blocks}")
         if config.growth_rate < 1 or config.stem_filters < 1:
             raise ValueError("growth_rate and stem_filters must be positive")
+        if not 0.0 <= config.bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {config.bn_momentum}")
         if not 0.0 < config.compression <= 1.0:
             raise ValueError(f"compression must be in (0, 1], got {config.compression}")
+    if config.top_k_checkpoints < 0 or config.ensemble_size < 1:
+        raise ValueError(
+            "top_k_checkpoints must be >= 0 and ensemble_size >= 1, got "
+            f"{config.top_k_checkpoints} and {config.ensemble_size}"
+        )
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
+    if config.batch_size < 1 or config.epochs < 1:
+        raise ValueError(
+            f"batch_size and epochs must be positive, got {config.batch_size} and {config.epochs}"
+        )
     if not 0.0 <= config.dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {config.dropout_rate}")
     if config.weights is not None and not os.path.isfile(config.weights):
@@ -266,13 +287,18 @@ class RadiographPreprocessing(layers.Layer):
         return {**super().get_config(), "mean": list(self.mean), "std": list(self.std)}
 
 
-def apply_conv_block(x, growth_rate, name):
+def _batch_norm(name, momentum):
+    return layers.BatchNormalization(momentum=momentum, epsilon=_BN_EPSILON, name=name)
+
+
+def apply_conv_block(x, growth_rate, name, bn_momentum=0.99):
     """One composite function H_l of a dense block: BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k), concatenated.
 
     Args:
         x: feature map `(batch, H, W, C)`.
         growth_rate: k, the feature maps this block adds.
         name: layer-name prefix, e.g. `"conv2_block1"`.
+        bn_momentum: momentum of the BatchNormalization moving statistics (Keras' 0.99).
 
     Returns:
         `(batch, H, W, C + k)`.
@@ -280,16 +306,16 @@ def apply_conv_block(x, growth_rate, name):
     Reference:
         Huang et al. 2017, §3 "Bottleneck layers"; the slides' "DenseNet - Dense Block".
     """
-    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_0_bn")(x)
+    y = _batch_norm(f"{name}_0_bn", bn_momentum)(x)
     y = layers.Activation("relu", name=f"{name}_0_relu")(y)
     y = layers.Conv2D(4 * growth_rate, 1, use_bias=False, name=f"{name}_1_conv")(y)
-    y = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_1_bn")(y)
+    y = _batch_norm(f"{name}_1_bn", bn_momentum)(y)
     y = layers.Activation("relu", name=f"{name}_1_relu")(y)
     y = layers.Conv2D(growth_rate, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
-def apply_dense_block(x, num_blocks, growth_rate, name):
+def apply_dense_block(x, num_blocks, growth_rate, name, bn_momentum=0.99):
     """A dense block: `num_blocks` conv blocks, each fed with all the feature maps before it.
 
     Args:
@@ -297,22 +323,24 @@ def apply_dense_block(x, num_blocks, growth_rate, name):
         num_blocks: number of conv blocks.
         growth_rate: feature maps added by each conv block.
         name: layer-name prefix, e.g. `"conv2"`.
+        bn_momentum: momentum of the BatchNormalization moving statistics (Keras' 0.99).
 
     Returns:
         `(batch, H, W, C + num_blocks * growth_rate)`.
     """
     for i in range(num_blocks):
-        x = apply_conv_block(x, growth_rate, name=f"{name}_block{i + 1}")
+        x = apply_conv_block(x, growth_rate, name=f"{name}_block{i + 1}", bn_momentum=bn_momentum)
     return x
 
 
-def apply_transition(x, compression, name):
+def apply_transition(x, compression, name, bn_momentum=0.99):
     """A transition layer: BN-ReLU-Conv1x1 keeping `compression` of the channels, 2x2 average pool.
 
     Args:
         x: feature map `(batch, H, W, C)`.
         compression: fraction of channels kept, in (0, 1].
         name: layer-name prefix, e.g. `"pool2"`.
+        bn_momentum: momentum of the BatchNormalization moving statistics (Keras' 0.99).
 
     Returns:
         `(batch, H // 2, W // 2, int(C * compression))`.
@@ -320,13 +348,13 @@ def apply_transition(x, compression, name):
     Reference:
         Huang et al. 2017, §3 "Transition layers"; the slides' "DenseNet - Transition Layer".
     """
-    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{name}_bn")(x)
+    x = _batch_norm(f"{name}_bn", bn_momentum)(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(int(x.shape[-1] * compression), 1, use_bias=False, name=f"{name}_conv")(x)
     return layers.AveragePooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
-def apply_densenet(x, blocks, growth_rate, stem_filters, compression=0.5):
+def apply_densenet(x, blocks, growth_rate, stem_filters, compression=0.5, bn_momentum=0.99):
     """A DenseNet feature extractor with Keras' layer names, ending in the `relu` feature map.
 
     Stem: 7x7 stride-2 convolution, BN, ReLU, 3x3 stride-2 max pooling; then dense blocks separated
@@ -338,6 +366,7 @@ def apply_densenet(x, blocks, growth_rate, stem_filters, compression=0.5):
         growth_rate: feature maps added by each conv block (32 in DenseNet-121/169/201).
         stem_filters: filters of the stem convolution (64 in DenseNet-121/169/201).
         compression: fraction of channels a transition layer keeps (0.5 in DenseNet-BC).
+        bn_momentum: momentum of the BatchNormalization moving statistics (Keras' 0.99).
 
     Returns:
         The last dense block's activated features `(batch, H / 2**(len(blocks) + 1), ..., C)`.
@@ -347,15 +376,15 @@ def apply_densenet(x, blocks, growth_rate, stem_filters, compression=0.5):
     """
     x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(x)
     x = layers.Conv2D(stem_filters, 7, strides=2, use_bias=False, name="conv1_conv")(x)
-    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="conv1_bn")(x)
+    x = _batch_norm("conv1_bn", bn_momentum)(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for i, num_blocks in enumerate(blocks):
-        x = apply_dense_block(x, num_blocks, growth_rate, name=f"conv{i + 2}")
+        x = apply_dense_block(x, num_blocks, growth_rate, f"conv{i + 2}", bn_momentum)
         if i < len(blocks) - 1:
-            x = apply_transition(x, compression, name=f"pool{i + 2}")
-    x = layers.BatchNormalization(epsilon=_BN_EPSILON, name="bn")(x)
+            x = apply_transition(x, compression, f"pool{i + 2}", bn_momentum)
+    x = _batch_norm("bn", bn_momentum)(x)
     return layers.Activation("relu", name=CAM_FEATURE_LAYER)(x)
 
 
@@ -400,7 +429,12 @@ def build_model(preset="paper", **overrides):
     x = RadiographPreprocessing(name="preprocessing")(inputs)
     if config.backbone == "densenet":
         features = apply_densenet(
-            x, config.blocks, config.growth_rate, config.stem_filters, config.compression
+            x,
+            config.blocks,
+            config.growth_rate,
+            config.stem_filters,
+            config.compression,
+            config.bn_momentum,
         )
         if config.weights is not None:
             # As keras.applications: the weights file holds the backbone (up to `relu`) only.

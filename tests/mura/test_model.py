@@ -227,6 +227,9 @@ class TestBuildArguments:
             ({"input_shape": (64, 64, 2)}, "input_shape"),
             ({"backbone": "resnet50"}, "Unknown backbone 'resnet50'"),
             ({"dropout_rate": 1.0}, "dropout_rate"),
+            ({"bn_momentum": 1.0}, "bn_momentum"),
+            ({"ensemble_size": 0}, "ensemble_size"),
+            ({"val_fraction": 1.0}, "val_fraction"),
             ({"weights": "/nonexistent/weights.h5"}, "weights file not found"),
         ],
     )
@@ -235,9 +238,11 @@ class TestBuildArguments:
             mura.build_model("demo", **override)
 
     def test_overrides_apply(self):
-        model = mura.build_model("demo", input_shape=(96, 80, 3), dropout_rate=0.2)
+        model = mura.build_model("demo", input_shape=(96, 80, 3), dropout_rate=0.2, bn_momentum=0.9)
         assert tuple(model.inputs[0].shape[1:]) == (96, 80, 3)
         assert model.get_layer("top_dropout").rate == 0.2
+        assert model.get_layer("bn").momentum == 0.9
+        assert model.get_layer("conv2_block1_0_bn").momentum == 0.9
         assert mura_model.get_config("demo", epochs=3).epochs == 3
 
     def test_presets_listed(self):

@@ -1,0 +1,688 @@
+"""Study-level evaluation and prediction of MURA classifiers: metrics.json, report.html, CAM overlays.
+
+A study's probability of abnormality is the arithmetic mean of its images' probabilities (MURA §3);
+it is called abnormal at 0.5. `metrics.json` holds, as CONTRACT.md says, `study_kappa`,
+`study_auroc`, `study_sensitivity`, `study_specificity` and `by_body_part` (`{part: {kappa, auroc,
+studies}}`), with 95% bootstrap intervals under `"ci"` (same keys) drawn by patient: all studies of
+a patient are resampled together (MURA patients have studies of several body parts).
+
+`predict` takes image files (PNG, JPEG, DICOM) and folders and writes one row per study to
+`OUT/predictions.csv` (and one row per image to `OUT/image_predictions.csv`). A study is the set
+of images in one folder: a MURA study folder (`.../patient00001/study1_positive/`) is one study, a
+folder of study folders gives one study per sub-folder, and single files named on the command line
+are one study each unless they share a folder (then they are one study together). DICOM files of
+one folder are further split by their StudyInstanceUID (a PACS export may put several studies in
+one folder); outputs name such a study by a hash of the UID, never by DICOM patient fields.
+
+An ensemble of the k best epochs by validation loss (`--ensemble K`, see `mura.ensemble`) averages
+the members' probabilities and class activation maps.
+
+Reference:
+    Rajpurkar et al., "MURA: Large Dataset for Abnormality Detection in Musculoskeletal
+    Radiographs", 2018, §3 (study probability, ensemble), Table 2 (kappa per study type).
+    Paper 004 (slides), "Performance evaluation" (the three radiologists' kappas).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from common import metrics as M
+from common import reports
+from common.errors import DataError
+from common.export import load_model
+from common.image_io import ImageReadError
+from common.image_io import is_dicom_file
+from common.image_io import read_image
+from common.inference import collect_image_paths
+from common.inference import metrics_with_ci
+from common.inference import output_path
+from mura.data import _header_problem
+from mura.data import load_records
+from mura.data import make_dataset
+from mura.data import study_probabilities
+from mura.ensemble import ensemble_members
+from mura.model import CAM_FEATURE_LAYER
+from mura.model import OUTPUT_NAME
+from mura.model import MURAConfig
+from mura.model import explain_model
+from mura.model import get_config
+from mura.synthetic import BODY_PARTS
+
+THRESHOLD = 0.5
+# Slides (paper 004), "Performance evaluation": Cohen's kappa of three Stanford radiologists with
+# the gold standard on the MURA test set, per study type and overall (95% CI in the slides).
+RADIOLOGIST_KAPPA = {
+    "elbow": (0.850, 0.710, 0.719),
+    "finger": (0.304, 0.403, 0.410),
+    "forearm": (0.796, 0.802, 0.798),
+    "hand": (0.661, 0.927, 0.789),
+    "humerus": (0.867, 0.733, 0.933),
+    "shoulder": (0.864, 0.791, 0.864),
+    "wrist": (0.791, 0.931, 0.931),
+    "overall": (0.731, 0.763, 0.778),
+}
+# Issue 8 / MURA paper (Rajpurkar et al. 2018, Table 2): the MURA model's overall kappa on the test set.
+MURA_MODEL_KAPPA = 0.705
+PAPER_REFERENCE = {"study_kappa": MURA_MODEL_KAPPA}
+PAPER_NOTE = (
+    "MURA test-set figures (Rajpurkar et al. 2018, Table 2: the MURA paper's DenseNet-169 "
+    "ensemble, overall kappa 0.705), not a measurement on this run's data (phantoms by default)"
+)
+METRIC_KEYS = ("study_kappa", "study_auroc", "study_sensitivity", "study_specificity")
+_XR_PART = re.compile(r"^xr_([a-z]+)$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_config(model, model_path=None):
+    """The configuration of a saved model: its run's `config.json` when beside the file.
+
+    Args:
+        model: the loaded model (its input shape always wins).
+        model_path: the model file, or None.
+
+    Returns:
+        `(MURAConfig, run_info)`; `run_info` is the whole `config.json` (`{}` without one).
+    """
+    run_info = {}
+    if model_path is not None:
+        candidate = Path(model_path).with_name("config.json")
+        if candidate.is_file():
+            try:
+                run_info = json.loads(candidate.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise DataError(f"unreadable run configuration ({exc})", path=candidate) from None
+    fields = {f.name for f in dataclasses.fields(MURAConfig)}
+    known = {k: v for k, v in run_info.items() if k in fields and k != "weights"}
+    known["input_shape"] = tuple(int(d) for d in model.input_shape[1:])
+    backbone = known.get("backbone", "densenet")
+    known["backbone"] = backbone
+    config = get_config(MURAConfig(backbone=backbone, input_shape=known["input_shape"]), **known)
+    return config, run_info
+
+
+def make_forward(members, *, with_cam=False):
+    """A compiled forward pass of one model or an ensemble: mean probability (and mean CAM).
+
+    Args:
+        members: list of models from `build_model` (or reloaded), same input shape.
+        with_cam: also return the class activation map on the feature grid.
+
+    Returns:
+        A `tf.function` from images `(B, H, W, C)` in [0, 1] to `{"probability": (B,)}` plus
+        `"cam": (B, h, w)` (logit units, `sum_k w_k f_k(x, y)`) with `with_cam`.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("an ensemble needs at least one model")
+    runners = [explain_model(m) if with_cam else m for m in members]
+    kernels = [m.get_layer(OUTPUT_NAME).kernel for m in members] if with_cam else []
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        probabilities, cams = [], []
+        for i, runner in enumerate(runners):
+            out = runner(images, training=False)
+            probabilities.append(tf.reshape(tf.cast(out[OUTPUT_NAME], tf.float32), [-1]))
+            if with_cam:
+                features = tf.cast(out[CAM_FEATURE_LAYER], tf.float32)
+                kernel = tf.cast(tf.reshape(kernels[i], [-1]), tf.float32)
+                cams.append(tf.einsum("bhwc,c->bhw", features, kernel))
+        result = {"probability": tf.add_n(probabilities) / len(runners)}
+        if with_cam:
+            result["cam"] = tf.add_n(cams) / len(runners)
+        return result
+
+    return forward
+
+
+# The compiled forward passes of the last single model `predict` was given, so that repeated calls
+# on one loaded model (a service, the benchmark) trace once; holds at most that one model.
+_FORWARD_CACHE = {"model": None, "forwards": {}}
+
+
+def _cached_forward(members, with_cam):
+    if len(members) != 1:
+        return make_forward(members, with_cam=with_cam)
+    if _FORWARD_CACHE["model"] is not members[0]:
+        _FORWARD_CACHE.update(model=members[0], forwards={})
+    forwards = _FORWARD_CACHE["forwards"]
+    if with_cam not in forwards:
+        forwards[with_cam] = make_forward(members, with_cam=with_cam)
+    return forwards[with_cam]
+
+
+def _broken_file(paths):
+    """The first of `paths` that does not decode, with the reason (None when all decode)."""
+    for path in paths:
+        try:
+            read_image(path)
+        except ImageReadError as exc:
+            return path, exc
+    return None
+
+
+def run_forward(forward, records, config, *, batch_size=32, with_cam=False):
+    """Runs `forward` over the images of `records` (column `image_path`), in order.
+
+    Reading overlaps compute: `make_dataset` decodes in parallel `tf.data` maps and prefetches.
+
+    Args:
+        forward: from `make_forward`.
+        records: DataFrame with `image_path`.
+        config: the model's `MURAConfig` (input size, channels).
+        batch_size: images per forward pass.
+        with_cam: collect `forward`'s CAMs too.
+
+    Returns:
+        `(probabilities (n,), cams (n, h, w) or None)`.
+
+    Raises:
+        DataError: an image cannot be read (naming it).
+    """
+    images_only = records[["image_path"]]
+    ds = make_dataset(
+        images_only, config=config, training=False, batch_size=batch_size, cache=False
+    )
+    probabilities, cams = [], []
+    try:
+        for images in ds:
+            out = forward(images)
+            probabilities.append(out["probability"].numpy())
+            if with_cam:
+                cams.append(out["cam"].numpy())
+    except tf.errors.OpError as exc:
+        broken = _broken_file(list(images_only["image_path"]))
+        if broken is not None:
+            raise DataError(f"cannot read image: {broken[1].reason}", path=broken[0]) from None
+        raise DataError(f"cannot read the images: {exc.message.splitlines()[0]}") from None
+    probs = np.concatenate(probabilities).astype(np.float64)
+    return probs, (np.concatenate(cams) if with_cam else None)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def study_metrics(labels, probabilities, patients, body_parts, *, seed=0, n_boot=1000):
+    """The CONTRACT.md metrics of a set of studies, with 95% bootstrap intervals by patient.
+
+    Args:
+        labels: study labels 0/1 (1 = abnormal), shape (n,).
+        probabilities: study probabilities of abnormality, shape (n,).
+        patients: patient of each study (the bootstrap resamples patients whole).
+        body_parts: study type of each study.
+        seed: bootstrap seed.
+        n_boot: bootstrap resamples.
+
+    Returns:
+        `(values, ci)`: `values` with `study_kappa`, `study_auroc`, `study_sensitivity`,
+        `study_specificity`, `by_body_part` (`{part: {"kappa", "auroc", "studies"}}`); `ci` with the
+        same keys (`[low, high]`; `by_body_part` without `studies`). Undefined values (a single
+        class) are NaN (`null` in JSON).
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    prob = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    pred = (prob >= THRESHOLD).astype(np.int64)
+    groups = np.asarray(patients).astype(str)
+    parts = np.asarray(body_parts).astype(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values, ci = metrics_with_ci(
+            {
+                "study_kappa": M.cohen_kappa,
+                "study_sensitivity": M.sensitivity,
+                "study_specificity": M.specificity,
+            },
+            y,
+            pred,
+            groups=groups,
+            seed=seed,
+            n_boot=n_boot,
+        )
+        auroc, auroc_ci = metrics_with_ci(
+            {"study_auroc": M.roc_auc}, y, prob, groups=groups, seed=seed, n_boot=n_boot
+        )
+        values.update(auroc)
+        ci.update(auroc_ci)
+        values = {k: values[k] for k in METRIC_KEYS}
+        ci = {k: ci[k] for k in METRIC_KEYS}
+        values["by_body_part"], ci["by_body_part"] = {}, {}
+        for part in sorted(set(parts)):
+            member = parts == part
+            kappa, kappa_ci = metrics_with_ci(
+                {"kappa": M.cohen_kappa},
+                y[member],
+                pred[member],
+                groups=groups[member],
+                seed=seed,
+                n_boot=n_boot,
+            )
+            part_auroc, part_auroc_ci = metrics_with_ci(
+                {"auroc": M.roc_auc},
+                y[member],
+                prob[member],
+                groups=groups[member],
+                seed=seed,
+                n_boot=n_boot,
+            )
+            values["by_body_part"][part] = {
+                "kappa": kappa["kappa"],
+                "auroc": part_auroc["auroc"],
+                "studies": int(member.sum()),
+            }
+            ci["by_body_part"][part] = {"kappa": kappa_ci["kappa"], "auroc": part_auroc_ci["auroc"]}
+    return values, ci
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _roc_curves(labels, probabilities, body_parts):
+    curves = {}
+    y = np.asarray(labels)
+    prob = np.asarray(probabilities)
+    parts = np.asarray(body_parts).astype(str)
+    for name, member in [("all studies", np.ones(len(y), bool))] + [
+        (part, parts == part) for part in sorted(set(parts))
+    ]:
+        if len(set(y[member])) == 2:
+            fpr, tpr, _ = M.roc_curve(y[member], prob[member])
+            curves[name] = (fpr, tpr, M.roc_auc(y[member], prob[member]))
+    return curves
+
+
+def _body_part_table(values, ci):
+    rows = []
+    parts = list(values["by_body_part"]) + ["overall"]
+    for part in parts:
+        if part == "overall":
+            ours = {
+                "kappa": values["study_kappa"],
+                "auroc": values["study_auroc"],
+                "studies": sum(v["studies"] for v in values["by_body_part"].values()),
+            }
+            interval = {"kappa": ci["study_kappa"], "auroc": ci["study_auroc"]}
+        else:
+            ours = values["by_body_part"][part]
+            interval = ci["by_body_part"][part]
+        radiologists = RADIOLOGIST_KAPPA.get(part, (None, None, None))
+        rows.append(
+            {
+                "study type": part,
+                "studies (ours)": ours["studies"],
+                "kappa (ours) [95% CI]": _with_ci(ours["kappa"], interval["kappa"]),
+                "AUROC (ours) [95% CI]": _with_ci(ours["auroc"], interval["auroc"]),
+                "radiologist 1 (MURA test set)": radiologists[0],
+                "radiologist 2 (MURA test set)": radiologists[1],
+                "radiologist 3 (MURA test set)": radiologists[2],
+                "MURA model (MURA test set)": MURA_MODEL_KAPPA if part == "overall" else None,
+            }
+        )
+    return rows
+
+
+def _with_ci(value, interval):
+    if value is None or not np.isfinite(value):
+        return None
+    if interval is None or not all(np.isfinite(v) for v in interval):
+        return float(value)
+    return reports.ValueCI(float(value), float(interval[0]), float(interval[1]))
+
+
+def _sample_studies(studies, count=4):
+    """A few studies for CAM overlays: abnormal then normal ones, of different body parts."""
+    picks, used = [], set()
+    for label, wanted in ((1, (count + 1) // 2), (0, count // 2)):
+        rows = studies[studies["label"] == label].sort_values("study")
+        fresh = rows[~rows["body_part"].isin(used)].drop_duplicates("body_part")
+        chosen = list(fresh["study"].head(wanted))
+        chosen += [s for s in rows["study"] if s not in chosen][: wanted - len(chosen)]
+        picks.extend(chosen)
+        used |= set(rows.loc[rows["study"].isin(chosen), "body_part"])
+    return picks
+
+
+def _cam_overlays(records, studies, probs, cams, count=4, views_per_study=2):
+    """`(png, caption)` per image of a few studies: the CAM over the radiograph, in its own shape."""
+    study_prob = studies.set_index("study")["probability"]
+    items = []
+    for study in _sample_studies(studies, count):
+        for i in np.flatnonzero(records["study"].to_numpy() == study)[:views_per_study]:
+            row = records.iloc[i]
+            name = "/".join(study.rstrip("/").split("/")[1:])
+            label = "abnormal" if row["label"] == 1 else "normal"
+            caption = (
+                f"{name} view {row['view']} ({label}); image p={probs[i]:.2f}, "
+                f"study p={study_prob[study]:.2f}"
+            )
+            png = cam_overlay_png(read_image(row["image_path"]), cams[i], f"p={probs[i]:.2f}")
+            items.append((png, caption))
+    return items
+
+
+def evaluate_model(
+    members,
+    records,
+    *,
+    config,
+    out_dir,
+    history_path=None,
+    verbose=1,
+    seed=0,
+    batch_size=32,
+    title="MURA abnormality detection: evaluation",
+):
+    """Evaluates a model (or an ensemble) on image records and writes the run's evaluation files.
+
+    Writes `OUT/metrics.json` (see the module docstring; plus `studies`, `images`, `patients`,
+    `ensemble_members`, `threshold`, `paper`), `OUT/predictions.csv` (one row per study: `study`,
+    `body_part`, `patient`, `label`, `num_images`, `probability`, `prediction`) and
+    `OUT/report.html` (metrics beside the MURA test-set figures, the per-body-part table beside the
+    three radiologists' kappas, ROC curves per body part, learning curves, CAM overlays).
+
+    Args:
+        members: list of models (an ensemble; one model = `[model]`).
+        records: image records of one split (`read_mura` columns).
+        config: the models' `MURAConfig`.
+        out_dir: output folder.
+        history_path: the run's `history.csv` for learning curves, or None.
+        verbose: print a one-line summary.
+        seed: bootstrap seed.
+        batch_size: images per forward pass.
+        title: the report's title.
+
+    Returns:
+        The metrics dict (as `metrics.json`).
+    """
+    if len(records) == 0:
+        raise DataError("no images to evaluate: the split is empty")
+    records = records.reset_index(drop=True)
+    forward = make_forward(members, with_cam=True)
+    probs, cams = run_forward(forward, records, config, batch_size=batch_size, with_cam=True)
+    studies = study_probabilities(records, probs)
+    values, ci = study_metrics(
+        studies["label"], studies["probability"], studies["patient_id"], studies["body_part"],
+        seed=seed,
+    )  # fmt: skip
+    metrics = {
+        **values,
+        "ci": ci,
+        "studies": int(len(studies)),
+        "images": int(len(records)),
+        "patients": int(studies["patient_id"].nunique()),
+        "ensemble_members": len(members),
+        "threshold": THRESHOLD,
+        "paper": {
+            "mura_model_kappa": MURA_MODEL_KAPPA,
+            "radiologist_kappa": {k: list(v) for k, v in RADIOLOGIST_KAPPA.items()},
+            "note": PAPER_NOTE,
+        },
+    }
+    reports.write_json(output_path(out_dir, "metrics.json"), metrics)
+
+    table = pd.DataFrame(
+        {
+            "study": studies["study"],
+            "body_part": studies["body_part"],
+            "patient": studies["patient_id"],
+            "label": studies["label"].astype(int),
+            "num_images": studies["num_images"].astype(int),
+            "probability": studies["probability"].round(6),
+            "prediction": (studies["probability"] >= THRESHOLD).astype(int),
+        }
+    )
+    reports.write_csv(output_path(out_dir, "predictions.csv"), table)
+
+    report = reports.HTMLReport(title)
+    report.add_paragraph(
+        f"{len(studies)} studies ({len(records)} images, {metrics['patients']} patients); "
+        f"{len(members)} model(s) averaged; a study's probability is the mean of its images', "
+        f"abnormal at {THRESHOLD}. 95% intervals: bootstrap over patients (1000 resamples)."
+    )
+    report.add_heading("Study-level metrics")
+    report.add_metrics(
+        {k: values[k] for k in METRIC_KEYS},
+        ci={k: ci[k] for k in METRIC_KEYS},
+        reference=PAPER_REFERENCE,
+        reference_note=PAPER_NOTE,
+    )
+    report.add_heading("Cohen's kappa per study type")
+    report.add_table(
+        _body_part_table(values, ci),
+        caption=(
+            "Ours: this run's data. Radiologists 1-3: the slides' table (paper 004, 'Performance "
+            "evaluation'), MURA test set; MURA model: Rajpurkar et al. 2018, Table 2, MURA test "
+            "set (overall only). The MURA columns are not measured on this run's data."
+        ),
+    )
+    curves = _roc_curves(studies["label"], studies["probability"], studies["body_part"])
+    if curves:
+        report.add_image(
+            reports.plot_roc(curves), "Study-level ROC curves, overall and per body part"
+        )
+    if history_path is not None and os.path.exists(history_path):
+        report.add_image(
+            reports.plot_learning_curves(reports.read_history(history_path)), "Learning curves"
+        )
+    report.add_heading("Class activation maps (last dense block through GAP) on sample studies")
+    overlays = _cam_overlays(records, studies, probs, cams)
+    if overlays:
+        report.add_images_grid(overlays)
+    report.write(output_path(out_dir, "report.html"))
+    if verbose:
+        print(
+            f"Study AUROC {values['study_auroc']:.3f}, kappa {values['study_kappa']:.3f} "
+            f"({len(studies)} studies, {len(members)} model(s)). "
+            f"Report: {os.path.join(out_dir, 'report.html')}",
+            flush=True,
+        )
+    return metrics
+
+
+def evaluate(model, data_dir, out_dir, *, ensemble=None, split="test", batch_size=32, verbose=1):
+    """Evaluates a saved `.h5` / `.keras` model (or its run's top-k ensemble) on a MURA data set.
+
+    Args:
+        model: model file; its run's `config.json` beside it gives the preprocessing and the
+            validation seed, its `checkpoints/topk/` the ensemble members.
+        data_dir: a MURA-v1.1 data set (or the folder holding it).
+        out_dir: where `metrics.json`, `report.html`, `predictions.csv` go.
+        ensemble: average the run's K best epochs by validation loss (default: the run's
+            `ensemble_size`, 1).
+        split: `"test"` (MURA's valid, the default) or `"val"` (carved out of train by patient).
+        batch_size: images per forward pass.
+        verbose: print a summary.
+
+    Returns:
+        The metrics dict.
+    """
+    if split not in ("test", "val", "train"):
+        raise ValueError(f"Unknown split '{split}'. Available: ['test', 'train', 'val']")
+    model_path = model
+    loaded = load_model(model_path)
+    config, run_info = model_config(loaded, model_path)
+    k = int(ensemble or config.ensemble_size)
+    members = ensemble_members(loaded, model_path, k)
+    records = load_records(data_dir, config=config, seed=int(run_info.get("seed", 0)))
+    records = records[records["split"] == split]
+    if records.empty:
+        raise DataError(f"the data set has no {split} images", path=data_dir)
+    return evaluate_model(
+        members,
+        records,
+        config=config,
+        out_dir=out_dir,
+        history_path=Path(model_path).with_name("history.csv"),
+        verbose=verbose,
+        batch_size=batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _check_input(path):
+    """Cheap completeness check of an input image; decodes it only when in doubt."""
+    if is_dicom_file(path):
+        return
+    if _header_problem(Path(path)) is not None:
+        read_image(path)  # raises ImageReadError naming the file
+
+
+def _dicom_study_uid(path):
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        return str(ds.get("StudyInstanceUID", "")) or None
+    except Exception:  # noqa: BLE001  (an unreadable header is reported when the pixels are read)
+        return None
+
+
+def _study_of(path):
+    """A study key: the image's folder, plus a hash of the StudyInstanceUID for DICOM files."""
+    folder = Path(path).parent.as_posix().rstrip("/") + "/"
+    if is_dicom_file(path):
+        uid = _dicom_study_uid(path)
+        if uid:
+            return f"{folder}#{reports.anonymize_id(uid)}"
+    return folder
+
+
+def _body_part_of(path):
+    for part in Path(path).parts:
+        match = _XR_PART.match(part)
+        if match and match.group(1).lower() in BODY_PARTS:
+            return match.group(1).lower()
+    return ""
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def _overlay_name(path, used):
+    folder = Path(path).parent
+    stem = "_".join(_slug(p) for p in (folder.parent.name, folder.name, Path(path).stem) if p)
+    name, n = f"{stem}_cam.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}_cam.png"
+    used.add(name)
+    return name
+
+
+def cam_overlay_png(image01, cam, caption, height_px=320):
+    """PNG bytes of the CAM (resized to the image) over the radiograph, with a caption.
+
+    Args:
+        image01: the radiograph `(H, W)` in [0, 1] at its own resolution (the model reads it
+            stretched to its input, so the map is stretched back the same way).
+        cam: the class activation map on the feature grid `(h, w)`.
+        caption: text drawn in the top-left corner (a file name and probability, no patient data).
+        height_px: height of the image written.
+
+    Returns:
+        PNG bytes.
+    """
+    rgb = reports.overlay_map(image01, cam)
+    width = max(1, int(round(rgb.shape[1] * height_px / rgb.shape[0])))
+    rgb = cv2.resize(rgb, (width, height_px), interpolation=cv2.INTER_AREA)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+    (text_w, text_h), baseline = cv2.getTextSize(caption, font, scale, 1)
+    cv2.rectangle(rgb, (0, 0), (text_w + 10, text_h + baseline + 8), (0, 0, 0), thickness=-1)
+    cv2.putText(rgb, caption, (5, text_h + 5), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode a CAM overlay")
+    return encoded.tobytes()
+
+
+def predict(model, inputs, out_dir, *, explain=False, ensemble=None, batch_size=32, verbose=1):
+    """Probability of abnormality per study for image files, DICOM files or study folders.
+
+    Args:
+        model: a model file (`.h5` / `.keras`), or an already loaded `keras.Model` (then without
+            ensembles; used by the benchmark to time prediction without the model's loading).
+        inputs: image files and folders (see the module docstring for how studies are formed).
+        out_dir: output folder: `predictions.csv` (one row per study: `study`, `body_part` (from an
+            `XR_<PART>` folder, else empty), `num_images`, `images`, `probability`, `prediction`
+            (1 = abnormal at 0.5), `finding`), `image_predictions.csv` (one row per image), and with
+            `explain` one `<folder>_<image>_cam.png` per image.
+        explain: write class activation map overlays.
+        ensemble: average the run's K best epochs by validation loss (default: the run's
+            `ensemble_size`, 1).
+        batch_size: images per forward pass.
+        verbose: print a summary.
+
+    Returns:
+        The per-study DataFrame (as `predictions.csv`).
+    """
+    if isinstance(model, keras.Model):
+        loaded, model_path = model, None
+    else:
+        model_path = model
+        loaded = load_model(model_path)
+    config, _ = model_config(loaded, model_path)
+    k = int(ensemble or (config.ensemble_size if model_path is not None else 1))
+    if model_path is None and k > 1:
+        raise ValueError("an ensemble needs the model file (its run's checkpoints/topk)")
+    members = ensemble_members(loaded, model_path, k)
+    paths = [os.fspath(p) for p in collect_image_paths(inputs)]
+    for path in paths:
+        _check_input(path)
+    images = pd.DataFrame({"image_path": paths})
+    images["study"] = [_study_of(p) for p in paths]
+    forward = _cached_forward(members, explain)
+    if verbose:
+        print(f"Predicting {len(paths)} images with {len(members)} model(s)...", flush=True)
+    probs, cams = run_forward(forward, images, config, batch_size=batch_size, with_cam=explain)
+    images["image"] = [Path(p).name for p in paths]
+    images["probability"] = probs
+    if explain:
+        used, names = set(), []
+        for path, prob, cam in zip(paths, probs, cams, strict=True):
+            name = _overlay_name(path, used)
+            png = cam_overlay_png(read_image(path), cam, f"{Path(path).name} p={prob:.2f}")
+            reports.save_png(output_path(out_dir, name), png)
+            names.append(name)
+        images["overlay"] = names
+    aggregations = {
+        "num_images": ("image", "size"),
+        "images": ("image", ";".join),
+        "probability": ("probability", "mean"),
+    }
+    if explain:
+        aggregations["overlays"] = ("overlay", ";".join)
+    studies = images.groupby("study", sort=False).agg(**aggregations).reset_index()
+    studies.insert(1, "body_part", [_body_part_of(s) for s in studies["study"]])
+    studies["prediction"] = (studies["probability"] >= THRESHOLD).astype(int)
+    studies["finding"] = np.where(studies["prediction"] == 1, "abnormal", "normal")
+    studies["probability"] = studies["probability"].round(6)
+    images["probability"] = images["probability"].round(6)
+    columns = ["study", "body_part", "num_images", "images", "probability", "prediction", "finding"]
+    studies = studies[columns + (["overlays"] if explain else [])]
+    image_columns = ["study", "image", "probability"] + (["overlay"] if explain else [])
+    reports.write_csv(output_path(out_dir, "image_predictions.csv"), images[image_columns])
+    reports.write_csv(output_path(out_dir, "predictions.csv"), studies)
+    if verbose:
+        abnormal = int(studies["prediction"].sum())
+        print(
+            f"{len(studies)} studies ({abnormal} abnormal): "
+            f"{os.path.join(out_dir, 'predictions.csv')}",
+            flush=True,
+        )
+    return studies

@@ -1,0 +1,353 @@
+"""mura end to end: the CLI on a small phantom set, the run's files, CAM on the lesions, resume."""
+
+import json
+import os
+import shutil
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+
+import mura
+from common.cli import SUBCOMMANDS
+from common.cli import build_parser
+from common.cli import main
+from common.export import load_model
+from common.image_io import read_image
+from common.testing import run_module
+from mura.ensemble import read_index
+from mura.ensemble import topk_dir
+from mura.evaluate import RADIOLOGIST_KAPPA
+from mura.evaluate import make_forward
+from mura.evaluate import model_config
+from mura.evaluate import run_forward
+
+pytestmark = pytest.mark.filterwarnings("ignore:Group .* one class gets weight 0:UserWarning")
+
+# A small, fast version of the demo: ~650 training images drawn at 96-112 px and read at 80x80 by a
+# DenseNet of two dense blocks (3 and 6 conv blocks; a 10x10 CAM grid), Adam 1e-3 without plateau
+# steps, BatchNormalization momentum 0.9 (so that the best epoch by validation loss is not picked
+# from a noisy curve), EPOCHS epochs. `make train-mura` trains the demo preset as it is.
+NUM_SUBJECTS = 240
+IMAGE_SIZE_RANGE = (96, 112)
+EPOCHS = 10
+OVERRIDES = [
+    "input_shape=[80,80,3]",
+    "blocks=[3,6]",
+    "learning_rate=0.001",
+    "reduce_lr_on_plateau=false",
+    "bn_momentum=0.9",
+    "top_k_checkpoints=3",
+]
+TRAIN_ARGS = ["--epochs", str(EPOCHS), "--batch-size", "16"]
+TRAIN_ARGS += [arg for item in OVERRIDES for arg in ("--set", item)]
+METRIC_KEYS = {"study_kappa", "study_auroc", "study_sensitivity", "study_specificity"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run of `python -m mura train` on a small phantom set, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("mura_train")
+    data = mura.write_phantom_dataset(
+        root / "data", num_subjects=NUM_SUBJECTS, seed=1, image_size_range=IMAGE_SIZE_RANGE
+    )
+    run = root / "run"
+    code, out, err = run_module(
+        "mura", "train", "--data-dir", data, "--out-dir", run, "--seed", "0", *TRAIN_ARGS
+    )
+    assert code == 0, err[-3000:]
+    return {"root": root, "data": data, "run": run, "stdout": out}
+
+
+def test_run_folder_holds_every_contract_file(trained):
+    run = trained["run"]
+    for name in (
+        "model.h5",
+        "model.keras",
+        "config.json",
+        "history.csv",
+        "metrics.json",
+        "report.html",
+        "predictions.csv",
+    ):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["input_shape"] == [80, 80, 3] and config["epochs"] == EPOCHS
+    assert (config["beta_1"], config["beta_2"], config["batch_size"]) == (0.9, 0.999, 16)
+    # MURA §3: per study type, w1 = N / (A + N) on abnormal and w0 = A / (A + N) on normal images.
+    for weights in config["loss_weights_by_body_part"].values():
+        assert weights["w0_normal"] + weights["w1_abnormal"] == pytest.approx(1.0)
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == list(range(EPOCHS))
+    assert {"loss", "val_loss", "val_study_auroc", "lr"} <= set(history.columns)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert METRIC_KEYS | {"by_body_part", "ci"} <= set(metrics)
+    assert METRIC_KEYS | {"by_body_part"} <= set(metrics["ci"])
+    for key in METRIC_KEYS:
+        low, high = metrics["ci"][key]
+        assert low <= metrics[key] <= high, key
+    info = mura.inspect_dataset(trained["data"])
+    assert sum(v["studies"] for v in metrics["by_body_part"].values()) == info["valid"]["studies"]
+    assert set(metrics["by_body_part"]) == set(info["valid"]["body_parts"])
+    for entry in metrics["by_body_part"].values():
+        assert set(entry) == {"kappa", "auroc", "studies"}
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert len(predictions) == info["valid"]["studies"] == metrics["studies"]
+    assert predictions["study"].str.startswith("valid/").all()
+    html = (run / "report.html").read_text()
+    # The slides' radiologists and the MURA paper's model beside ours, labelled as MURA test set.
+    assert "0.705" in html and f"{RADIOLOGIST_KAPPA['elbow'][0]:.3g}" in html
+    assert "MURA test set" in html
+    assert html.count("data:image/png;base64") >= 4  # ROC, learning curves, CAM overlays
+
+
+def test_topk_checkpoints_are_the_best_epochs_by_val_loss(trained):
+    history = pd.read_csv(trained["run"] / "history.csv")
+    entries = read_index(topk_dir(trained["run"]))
+    best = history.sort_values("val_loss", kind="stable")["epoch"].head(3).tolist()
+    assert [e["epoch"] for e in entries] == best
+    np.testing.assert_allclose(
+        [e["value"] for e in entries], history.set_index("epoch").loc[best, "val_loss"]
+    )
+    assert len(list(topk_dir(trained["run"]).glob("*.weights.h5"))) == 3
+
+
+def test_model_learns_the_phantoms(trained):
+    metrics = json.loads((trained["run"] / "metrics.json").read_text())
+    assert metrics["study_auroc"] >= 0.75, metrics["study_auroc"]
+
+
+def _lesion_hits(model_path, data):
+    """Per abnormal valid image: does the CAM's peak cell overlap the lesion box, and its chance."""
+    model = load_model(model_path)
+    config, _ = model_config(model, model_path)
+    truth = pd.read_csv(data / "_phantom_truth" / "index.csv")
+    truth = truth[truth["image"].str.contains("/valid/")].reset_index(drop=True)
+    records = pd.DataFrame({"image_path": [str(data / p) for p in truth["image"]]})
+    _, cams = run_forward(make_forward([model], with_cam=True), records, config, with_cam=True)
+    hits, chance = [], []
+    for row, cam in zip(truth.itertuples(), cams, strict=True):
+        height, width = read_image(data / row.image).shape
+        rows, cols = cam.shape
+        cell_h, cell_w = height / rows, width / cols
+        # Cell (i, j) covers [j*cell_w, (j+1)*cell_w) x [i*cell_h, (i+1)*cell_h) of the image
+        # (the model reads the whole image stretched to its input).
+        over_x = [(j * cell_w < row.x1) and ((j + 1) * cell_w > row.x0) for j in range(cols)]
+        over_y = [(i * cell_h < row.y1) and ((i + 1) * cell_h > row.y0) for i in range(rows)]
+        i, j = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        hits.append(bool(over_x[j] and over_y[i]))
+        chance.append(sum(over_x) * sum(over_y) / (rows * cols))
+    return np.array(hits), np.array(chance)
+
+
+def test_cam_peak_falls_on_the_drawn_lesion(trained):
+    """Issue 8: on abnormal phantoms the CAM peak falls inside the lesion's box far more often
+    than chance.
+
+    Margin: the peak is a cell of the CAM grid (10x10 here); it counts as inside when that cell
+    overlaps the lesion's box (the box grown by half a cell on every side contains the cell's
+    centre). Chance: the fraction of the grid's cells that overlap the box, i.e. the hit rate of a
+    peak drawn uniformly over the cells, averaged over the images.
+    """
+    hits, chance = _lesion_hits(trained["run"] / "model.keras", trained["data"])
+    assert len(hits) >= 40
+    rate, expected = hits.mean(), chance.mean()
+    assert rate >= 2.5 * expected, (rate, expected)
+    p_value = binomtest(int(hits.sum()), len(hits), expected, alternative="greater").pvalue
+    assert p_value < 1e-4, (rate, expected, p_value)
+
+
+# --------------------------------------------------------------------------- evaluate, predict
+
+
+def test_cli_evaluate_h5_reproduces_the_run(trained, tmp_path, capsys):
+    # in-process through the same entry point as `python -m mura` (common.cli.main)
+    args = ["evaluate", "--model", str(trained["run"] / "model.h5"), "--data-dir"]
+    code = main(mura, args + [str(trained["data"]), "--out-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    ours = json.loads((tmp_path / "metrics.json").read_text())
+    theirs = json.loads((trained["run"] / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert ours["by_body_part"] == theirs["by_body_part"]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "predictions.csv").is_file()
+
+
+def test_cli_evaluate_keras_ensemble_averages_the_best_epochs(trained, tmp_path, capsys):
+    run, data = trained["run"], trained["data"]
+    code = main(
+        mura,
+        [
+            "evaluate",
+            "--model",
+            str(run / "model.keras"),
+            "--data-dir",
+            str(data),
+            "--out-dir",
+            str(tmp_path),
+            "--ensemble",
+            "2",
+        ],
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ensemble_members"] == 2
+    # The ensemble's study probability is the mean over both members and over the study's images.
+    model = load_model(run / "model.keras")
+    config, _ = model_config(model, run / "model.keras")
+    records = mura.load_records(data, config=config)
+    records = records[records["split"] == "test"].reset_index(drop=True)
+    forward = make_forward([model])  # the same variables, loaded with each member's weights
+    member_probs = []
+    for entry in read_index(topk_dir(run))[:2]:
+        model.load_weights(topk_dir(run) / entry["file"])
+        member_probs.append(run_forward(forward, records, config)[0])
+    studies = mura.study_probabilities(records, np.mean(member_probs, axis=0))
+    written = pd.read_csv(tmp_path / "predictions.csv")
+    np.testing.assert_allclose(written["probability"], studies["probability"], atol=2e-6)
+
+
+def test_cli_predict_with_explain_writes_one_overlay_per_image(trained, tmp_path):
+    valid = trained["data"] / "MURA-v1.1" / "valid"
+    study = sorted(valid.glob("XR_*/patient*/study*_positive"))[0]
+    single = sorted(valid.glob("XR_*/patient*/study*_negative/image1.png"))[0]
+    code, out, err = run_module(
+        "mura",
+        "predict",
+        "--model",
+        trained["run"] / "model.keras",
+        "--input",
+        study,
+        single,
+        "--out-dir",
+        tmp_path,
+        "--explain",
+    )
+    assert code == 0, err[-3000:]
+    frame = pd.read_csv(tmp_path / "predictions.csv")
+    views = sorted(p.name for p in study.glob("image*.png"))
+    assert list(frame["num_images"]) == [len(views), 1]
+    assert frame["images"].iloc[0] == ";".join(views)
+    images = pd.read_csv(tmp_path / "image_predictions.csv")
+    assert len(images) == len(views) + 1
+    for name in images["overlay"]:
+        overlay = read_image(tmp_path / name)
+        assert overlay.shape[0] == 320
+
+
+def test_resume_continues_the_run(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    before = pd.read_csv(run / "history.csv")
+    # The run's own configuration (config.json) is used: no overrides needed, only more epochs.
+    mura.train(trained["data"], run, epochs=EPOCHS + 1, resume=True, verbose=0)
+    after = pd.read_csv(run / "history.csv")
+    assert len(after) == len(before) + 1
+    pd.testing.assert_frame_equal(after.iloc[: len(before)][before.columns], before)
+    entries = read_index(topk_dir(run))
+    best = after.sort_values("val_loss", kind="stable")["epoch"].head(3).tolist()
+    assert [e["epoch"] for e in entries] == best
+    config = json.loads((run / "config.json").read_text())
+    assert config["input_shape"] == [80, 80, 3] and config["epochs"] == EPOCHS + 1
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_synthesize_inspect_summary(tmp_path, capsys):
+    assert main(mura, ["synthesize", "--out-dir", str(tmp_path), "--num-subjects", "4"]) == 0
+    capsys.readouterr()
+    assert main(mura, ["inspect", "--data-dir", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    info = json.loads(lines[0])
+    assert set(info) == {"train", "valid"}
+    for split in info.values():
+        assert set(split) == {"images", "studies", "abnormal_studies", "patients", "body_parts"}
+    assert main(mura, ["summary", "--preset", "demo", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["preset"] == "demo"
+    assert summary["inputs"] == {"image": [None, 128, 128, 3]}
+    assert summary["outputs"] == {"abnormal": [None, 1]}
+    assert summary["params"] == mura.build_model("demo").count_params()
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser(mura).parse_args([command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage:" in text
+    if command in ("evaluate", "predict"):
+        assert "--ensemble" in text
+    if command == "train":
+        assert "--set" in text
+
+
+def _bad_label(trained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"] / "MURA-v1.1", data / "MURA-v1.1")
+    csv_file = data / "MURA-v1.1" / "valid_labeled_studies.csv"
+    lines = csv_file.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",2"
+    csv_file.write_text("\n".join(lines) + "\n")
+    return ["train", "--data-dir", str(data), "--out-dir", str(tmp_path / "run")], [
+        "valid_labeled_studies.csv",
+        "row 3",
+        "column 'label'",
+    ]
+
+
+def _run_without_resume(trained, tmp_path):
+    args = ["train", "--data-dir", str(trained["data"]), "--out-dir", str(trained["run"])]
+    return args, ["--resume"]
+
+
+def _too_big_ensemble(trained, tmp_path):
+    args = ["evaluate", "--model", str(trained["run"] / "model.h5"), "--data-dir"]
+    args += [str(trained["data"]), "--out-dir", str(tmp_path / "run"), "--ensemble", "9"]
+    return args, ["model.h5", "only 3"]
+
+
+def _corrupt_png(trained, tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    args = ["predict", "--model", str(trained["run"] / "model.keras"), "--input"]
+    return args + [str(tmp_path / "corrupt.png"), "--out-dir", str(tmp_path / "run")], [
+        "corrupt.png"
+    ]
+
+
+def _bad_override(trained, tmp_path):
+    args = ["train", "--data-dir", str(trained["data"]), "--out-dir", str(tmp_path / "run")]
+    return args + ["--set", "input_size=[96,96,3]"], ["Unknown override 'input_size'"]
+
+
+BAD_INPUT = [_bad_label, _run_without_resume, _too_big_ensemble, _corrupt_png, _bad_override]
+
+
+@pytest.mark.parametrize("make_case", BAD_INPUT, ids=[f.__name__[1:] for f in BAD_INPUT])
+def test_cli_bad_input_exits_2_with_one_line(trained, tmp_path, capsys, make_case):
+    args, fragments = make_case(trained, tmp_path)
+    before = sorted(p.name for p in trained["run"].rglob("*"))
+    code = main(mura, args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()  # nothing half-written
+    assert sorted(p.name for p in trained["run"].rglob("*")) == before
+
+
+def test_cli_bad_input_in_a_fresh_process(trained, tmp_path):
+    """The same one-line error from `python -m mura`, with TensorFlow's own logging around."""
+    args, fragments = _bad_label(trained, tmp_path)
+    code, out, err = run_module("mura", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    assert not (tmp_path / "run").exists()
