@@ -1,0 +1,102 @@
+"""SpineNet (paper 002): multi-task grading of lumbar discs on sagittal MRI, with evidence hotspots.
+
+Importing the package registers its Keras objects (`ChannelMeanSubtraction`), so saved models
+load with `keras.models.load_model` after `import spinenet`.
+
+Public API (CONTRACT.md): `PRESETS`, `build_model(preset="paper", *, weights=None, **overrides)`,
+`write_phantom_dataset(root, *, num_subjects=80, seed=0, ...)`, `inspect_dataset(root)`,
+`train(data_dir, out_dir, *, preset="demo", ...)`, `evaluate(model, data_dir, out_dir, ...)`,
+`predict(model, inputs, out_dir, *, explain=False, ...)`; and `read_dataset`, `make_dataset`,
+`explain_model`, `evidence_hotspots`, `task_hotspots`, `predict_tta`.
+
+Reference:
+    Jamaludin, Kadir, Zisserman, "SpineNet: Automatically pinpointing classification evidence in
+    spinal MRIs", MICCAI 2016.
+"""
+
+import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
+from spinenet import model  # noqa: F401  (registers Keras objects)
+from spinenet.data import inspect_dataset
+from spinenet.data import make_dataset
+from spinenet.data import read_dataset
+from spinenet.evaluate import evaluate
+from spinenet.evaluate import predict
+from spinenet.explain import evidence_hotspots
+from spinenet.explain import predict_tta
+from spinenet.explain import task_hotspots
+from spinenet.model import PRESETS
+from spinenet.model import build_model
+from spinenet.model import explain_model
+from spinenet.synthetic import write_phantom_dataset
+from spinenet.train import train
+
+_NO_TTA = (
+    ("--no-tta",),
+    {
+        "dest": "tta",
+        "action": "store_const",
+        "const": False,
+        "default": None,
+        "help": "predict from the centre view only, not the average of the 54 test-time views "
+        "of the paper (9 patches x 2 slice reflections x 3 slice windows)",
+    },
+)
+
+# Package-specific flags of `python -m spinenet` (see common.cli).
+CLI_ARGUMENTS = {
+    "train": [_NO_TTA],
+    "evaluate": [
+        _NO_TTA,
+        (
+            ("--split",),
+            {
+                "choices": ("test", "val", "train"),
+                "default": "test",
+                "help": "which split of the 80:10:10 split by patient to evaluate (default test)",
+            },
+        ),
+    ],
+    "predict": [
+        _NO_TTA,
+        (
+            ("--series",),
+            {
+                "choices": ("preferred", "all"),
+                "default": "preferred",
+                "help": "--input takes segmented sagittal series, not plain images: a SPIDER "
+                "folder (images/ + masks/), its images/ folder, single images/<patient>_<t1|t2|"
+                "t2_SPACE>.mha files (mask in ../masks/), or volumes.npy arrays of extracted "
+                "(N, 112, 224, 9) disc volumes; every disc labelled in a mask (201-225) is "
+                "graded. For folders, grade one series per patient ('preferred': T2, else T2 "
+                "SPACE, else T1; default) or 'all' of them",
+            },
+        ),
+        (
+            ("--hotspot-copies",),
+            {
+                "type": int,
+                "default": None,
+                "metavar": "N",
+                "help": "with --explain: randomly augmented copies averaged per evidence-hotspot "
+                "map (default: the run's, 16)",
+            },
+        ),
+    ],
+}
+
+__all__ = [
+    "CLI_ARGUMENTS",
+    "PRESETS",
+    "build_model",
+    "evaluate",
+    "evidence_hotspots",
+    "explain_model",
+    "inspect_dataset",
+    "make_dataset",
+    "predict",
+    "predict_tta",
+    "read_dataset",
+    "task_hotspots",
+    "train",
+    "write_phantom_dataset",
+]
