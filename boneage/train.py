@@ -1,0 +1,153 @@
+"""Training of BoneAgeNet (paper 003 §IV-§V) through `common.training`, then the held-out evaluation."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import keras
+import numpy as np
+
+from boneage.data import load_records
+from boneage.data import make_dataset
+from boneage.evaluate import evaluate_model
+from boneage.model import build_model
+from boneage.model import get_config
+from common.callbacks import callback_preset
+from common.errors import DataError
+from common.training import check_run_dir
+from common.training import train_and_export
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _val_mae(targets, predictions):
+    """Validation MAE in months (logged as `val_mae`; the best epoch is chosen by it)."""
+    error = np.asarray(predictions["age_months"], np.float64) - np.asarray(
+        targets["age_months"], np.float64
+    )
+    return {"mae": float(np.mean(np.abs(error)))}
+
+
+def train(
+    data_dir,
+    out_dir,
+    *,
+    preset="demo",
+    epochs=None,
+    batch_size=None,
+    seed=0,
+    strategy="auto",
+    resume=False,
+    weights=None,
+    verbose=1,
+    **overrides,
+):
+    """Trains a preset on an RSNA bone-age data set, then evaluates it on the held-out test split.
+
+    The paper's recipe (§IV-§V): 300 x 300 gray images / 255 (the preset's input size), random zoom
+    and random horizontal and vertical flips; loss MSE + α‖w‖² (the L2 regulariser on the output
+    layer's kernel, added by the engine from `model.losses`); Adam from the preset's learning rate
+    (1e-2 in `paper`) with stepwise decay (x `lr_decay_factor` every `lr_decay_epochs` epochs) to
+    a floor of 1e-5 (callback preset `boneage`); batch 32; 100 epochs in `paper`. The best epoch by
+    validation MAE is kept. Splits: the official validation set when present (§IV), else 10% of
+    the training subjects; 10% of the training subjects are the test split when the layout has
+    no labelled test set (the Kaggle layout), stratified by sex and age band.
+
+    Args:
+        data_dir: a data set in the Kaggle or official RSNA layout (see `boneage.data`).
+        out_dir: run folder: `model.h5`, `model.keras`, `config.json`, `history.csv`,
+            `metrics.json`, `report.html`, `predictions.csv`, `checkpoints/`.
+        preset: a name in `boneage.PRESETS` (default `demo`).
+        epochs: epochs (default: the preset's).
+        batch_size: global batch size (default: the preset's).
+        seed: seed of the split, initialisation, shuffling and augmentation.
+        strategy: `auto`, `default`, `mirrored` or `multi-worker`.
+        resume: continue an interrupted run in `out_dir`.
+        weights: a local weights file (`.weights.h5`, or a saved `.h5`/`.keras` BoneAgeNet of the
+            same preset) to start from.
+        verbose: 0 quiet, 1 progress.
+        **overrides: `BoneAgeConfig` fields, e.g. `image_size_hw=(96, 80)`, `learning_rate=1e-3`.
+
+    Returns:
+        The test metrics (dict, as `metrics.json`).
+    """
+    check_run_dir(out_dir, resume)
+    if weights is not None and not os.path.isfile(os.fspath(weights)):
+        raise DataError("weights file not found", path=weights)
+    if epochs is not None:
+        overrides["epochs"] = int(epochs)
+    if batch_size is not None:
+        overrides["batch_size"] = int(batch_size)
+    config = get_config(preset, **overrides)
+    records = load_records(data_dir, seed=seed)
+    splits = {name: records[records["split"] == name] for name in SPLIT_NAMES}
+    for name, part in splits.items():
+        if part.empty:
+            raise DataError(
+                f"too few labelled images for a {name} split ({len(records)} images in all)",
+                path=data_dir,
+            )
+    train_mean = float(splits["train"]["age_months"].mean())
+    if verbose:
+        counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+        print(f"Bone-age images: {counts} ({data_dir})", flush=True)
+    batch = config.batch_size
+    train_ds = make_dataset(
+        splits["train"],
+        config=config,
+        training=True,
+        batch_size=batch,
+        seed=seed,
+        drop_remainder=len(splits["train"]) >= batch,  # one traced step shape
+    )
+    val_ds = make_dataset(splits["val"], config=config, training=False, batch_size=batch)
+
+    def build():
+        return build_model(preset, weights=weights, **overrides)
+
+    optimizer = functools.partial(keras.optimizers.Adam, learning_rate=config.learning_rate)
+    preset_name = preset if isinstance(preset, str) else "custom"
+    trainer, _ = train_and_export(
+        build,
+        losses={"age_months": "mean_squared_error"},
+        optimizer=optimizer,
+        train=train_ds,
+        validation=val_ds,
+        out_dir=out_dir,
+        epochs=config.epochs,
+        config={
+            "preset": preset_name,
+            **config.to_dict(),
+            "data_dir": os.fspath(data_dir),
+            "weights": None if weights is None else os.fspath(weights),
+            "split_counts": {k: int(len(v)) for k, v in splits.items()},
+            "train_mean_age_months": train_mean,
+        },
+        strategy=strategy,
+        resume=resume,
+        callbacks=lambda run_dir: callback_preset(
+            "boneage",
+            run_dir,
+            monitor="val_mae",
+            initial_lr=config.learning_rate,
+            step_every=config.lr_decay_epochs,
+            step_factor=config.lr_decay_factor,
+            min_lr=config.min_learning_rate,
+        ),
+        val_metrics=_val_mae,
+        seed=seed,
+        verbose=verbose,
+    )
+    return evaluate_model(
+        trainer.model,
+        splits["test"],
+        config=config,
+        train_mean_months=train_mean,
+        out_dir=out_dir,
+        history_path=os.path.join(os.fspath(out_dir), "history.csv"),
+        verbose=verbose,
+    )
+
+
+__all__ = ["train"]
