@@ -343,6 +343,7 @@ def _report(model, records, config, metrics, y_true, y_pred, male, history_path)
         ci={k: ci[k] for k in (*shown, "rmse_months")},
         reference=RSNA_REFERENCE,
         reference_note=RSNA_NOTE,
+        reference_label="RSNA 2017 test set",
     )
     report.add_table(
         [

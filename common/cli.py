@@ -4,7 +4,9 @@ A package's `__main__.py` is two lines: `from common.cli import main` and
 `raise SystemExit(main(<package module>))`. The package module provides the CONTRACT.md API
 (`PRESETS`, `build_model`, `write_phantom_dataset`, `inspect_dataset`, `train`, `evaluate`,
 `predict`) and may add flags per subcommand through `CLI_ARGUMENTS = {"predict": [(("--sex",),
-{"help": ...})], ...}`; the extra values reach the function as keyword arguments.
+{"help": ...})], ...}`; the extra values reach the function as keyword arguments. It may also
+reword the help of a shared flag through `CLI_HELP = {"predict": {"--input": "a patient's four
+films"}, ...}` (a flag the subcommand lacks is an error at start-up, not silently ignored).
 
 Exit status: 0 on success; 2 on bad input or usage, with ONE line on stderr that names the file,
 row and column at fault (set `MSK_DEBUG=1` for the traceback); 130 when interrupted.
@@ -94,6 +96,12 @@ def build_parser(package):
         target = sub.choices[command]
         for flags, options in arguments:
             target.add_argument(*flags, **options)
+    for command, helps in getattr(package, "CLI_HELP", {}).items():
+        actions = {flag: a for a in sub.choices[command]._actions for flag in a.option_strings}
+        for flag, text in helps.items():
+            if flag not in actions:
+                raise KeyError(f"{name}.CLI_HELP: `{command}` has no flag {flag}")
+            actions[flag].help = text
     return parser
 
 

@@ -786,7 +786,9 @@ class HTMLReport:
         self._parts.append("\n".join(lines))
         return self
 
-    def add_metrics(self, metrics, ci=None, reference=None, reference_note="") -> HTMLReport:
+    def add_metrics(
+        self, metrics, ci=None, reference=None, reference_note="", reference_label="paper"
+    ) -> HTMLReport:
         """Adds a table of this run's metrics with 95% CIs, beside the paper's figures.
 
         Nested dicts (`{"per_branch_accuracy": {"att0": ...}}`) become rows named
@@ -797,6 +799,8 @@ class HTMLReport:
             ci: `{name: (low, high)}`, same nesting; None or a missing key shows no interval.
             reference: `{name: number or text}`, the paper's figures; None omits the column.
             reference_note: where the paper's figures come from, e.g. "Table 3, OAI/MOST test set".
+            reference_label: the reference column's heading, e.g. "MURA paper (MURA test set)"
+                when the figures are not the paper's own.
         """
         flat_metrics = _flatten(metrics)
         flat_ci = _flatten(ci or {})
@@ -812,14 +816,15 @@ class HTMLReport:
             shown = ValueCI(value, *interval) if interval is not None else value
             row = {"metric": name, "this run [95% CI]": shown}
             if reference is not None:
-                row["paper"] = flat_reference.get(name)
+                row[reference_label] = flat_reference.get(name)
             rows.append(row)
         for name, value in flat_reference.items():
             if name not in flat_metrics:
-                rows.append({"metric": name, "this run [95% CI]": None, "paper": value})
+                rows.append({"metric": name, "this run [95% CI]": None, reference_label: value})
         caption = None
         if reference is not None:
-            caption = "Paper: " + (reference_note or "figure as published")
+            caption = reference_label[:1].upper() + reference_label[1:] + ": "
+            caption += reference_note or "figure as published"
         if ci:
             caption = (caption + ". " if caption else "") + "Brackets: 95% bootstrap interval."
         return self.add_table(rows, caption=caption)

@@ -458,6 +458,7 @@ def evaluate_model(
         ci={k: ci[k] for k in METRIC_KEYS},
         reference=PAPER_REFERENCE,
         reference_note=PAPER_NOTE,
+        reference_label="MURA paper (MURA test set)",
     )
     report.add_heading("Cohen's kappa per study type")
     report.add_table(

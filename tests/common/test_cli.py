@@ -178,3 +178,16 @@ def test_check_run_dir_refuses_to_overwrite_a_run(tmp_path):
     with pytest.raises(DataError, match="--resume"):
         check_run_dir(tmp_path, resume=False)
     check_run_dir(tmp_path, resume=True)
+
+
+def test_cli_help_rewords_a_shared_flag_and_rejects_an_unknown_one():
+    from common.cli import build_parser
+
+    package = _fake_package([])
+    package.CLI_HELP = {"predict": {"--input": "a patient's four films (LH, RH, LF, RF)"}}
+    predict = build_parser(package)._subparsers._group_actions[0].choices["predict"]
+    assert "a patient's four films" in predict.format_help()
+    assert "files or folders" not in predict.format_help()
+    package.CLI_HELP = {"predict": {"--no-such-flag": "x"}}
+    with pytest.raises(KeyError, match="no-such-flag"):
+        build_parser(package)

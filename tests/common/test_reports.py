@@ -367,3 +367,20 @@ def test_html_metrics_without_reference_or_ci():
     assert "7.891" in text and "paper" not in text.lower().split("</style>")[1]
     with pytest.raises(ValueError):
         reports.HTMLReport("t").add_metrics({"a": 1.0}, ci={"a": (0.1, 0.2, 0.3)})
+
+
+def test_add_metrics_reference_column_label():
+    text = (
+        reports.HTMLReport("t")
+        .add_metrics(
+            {"kappa": 0.71},
+            reference={"kappa": 0.705},
+            reference_note="MURA test set",
+            reference_label="MURA paper",
+        )
+        .to_html()
+    )
+    assert "<th>MURA paper</th>" in text and ">paper<" not in text
+    assert "MURA paper: MURA test set" in text
+    default = reports.HTMLReport("t").add_metrics({"k": 1.0}, reference={"k": 2.0}).to_html()
+    assert "<th>paper</th>" in default and "Paper: figure as published" in default
