@@ -77,6 +77,23 @@ def _to_float(value):
     return value if math.isfinite(value) else float("nan")
 
 
+def _known_cardinality(dataset):
+    """The number of batches of a `tf.data.Dataset` when TensorFlow knows it, else None."""
+    if not isinstance(dataset, tf.data.Dataset):
+        return None
+    cardinality = int(dataset.cardinality())
+    return cardinality if cardinality > 0 else None
+
+
+def _set_progbar_target(callback_list, steps):
+    """Gives Keras' progress bar its step count (it reads it when an epoch begins)."""
+    if steps is None:
+        return
+    for callback in callback_list.callbacks:
+        if isinstance(callback, keras.callbacks.ProgbarLogger):
+            callback.target = steps
+
+
 class Trainer:
     """Trains a Keras model with a loop over `strategy.run`; see the module docstring.
 
@@ -367,9 +384,8 @@ class Trainer:
         if self._train_step is None:
             self._train_step = self._make_train_step()
         steps = steps_per_epoch
-        if steps is None and isinstance(train, tf.data.Dataset):
-            cardinality = int(train.cardinality())
-            steps = cardinality if cardinality > 0 else None
+        if steps is None:
+            steps = _known_cardinality(train)
         callback_list = keras.callbacks.CallbackList(
             self.callbacks,
             add_history=False,
@@ -396,8 +412,11 @@ class Trainer:
                 start_epoch = epochs
         for epoch in range(start_epoch, epochs):
             started = time.time()
-            callback_list.on_epoch_begin(epoch)
             dataset = train(epoch) if callable(train) else train
+            if callable(train) and steps_per_epoch is None:
+                # A fresh dataset per epoch: its length is known only now, before the bar starts.
+                _set_progbar_target(callback_list, _known_cardinality(dataset))
+            callback_list.on_epoch_begin(epoch)
             logs = self._run_epoch(dataset, callback_list, steps_per_epoch)
             if validation is not None:
                 logs.update(self.evaluate(validation, prefix="val_"))

@@ -273,3 +273,16 @@ def test_models_with_their_own_compute_loss():
     np.testing.assert_allclose(before, 3.0 * np.mean((prediction - y) ** 2), rtol=1e-5)
     history = trainer.fit(ds, ds, epochs=3)
     assert history[-1]["val_loss"] < before
+
+
+def test_progress_bar_knows_the_steps_of_a_per_epoch_dataset(capsys):
+    x, y = _tiny_data(n=24)
+
+    def per_epoch(epoch):  # a fresh (reshuffled) dataset each epoch, as the packages build them
+        return tf.data.Dataset.from_tensor_slices((x, {"y": y})).shuffle(24, seed=epoch).batch(8)
+
+    trainer = Trainer(_tiny_model, losses={"y": "mse"}, verbose=1)
+    trainer.fit(per_epoch, epochs=2)
+    out = capsys.readouterr().out
+    assert out.count("3/3") >= 2, out  # 24 examples / batch 8, a bar with its total each epoch
+    assert "Unknown" not in out
