@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import shutil
+import warnings
 
 import keras
 
@@ -90,7 +91,11 @@ def load_model(path, *, custom_objects=None, compile=False, safe_mode=True):
         raise ValueError(f"{path}: a model file must end in one of {list(FORMATS)}")
     objects = registered_objects()
     objects.update(custom_objects or {})
-    with keras.saving.custom_object_scope(objects):
+    with keras.saving.custom_object_scope(objects), warnings.catch_warnings():
+        if not compile:
+            # keras-hub tasks (the RetinaNet detector) compile themselves when rebuilt, with a fresh
+            # optimizer that cannot take the saved one's slots; without `compile` they are unused.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         return keras.models.load_model(
             path, custom_objects=objects, compile=compile, safe_mode=safe_mode
         )
