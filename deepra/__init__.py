@@ -1,0 +1,106 @@
+"""DeepRA: RA joint damage from hand and foot radiographs (Chaturvedi, paper 001).
+
+Two stages: RetinaNet detectors of fingers, toes and wrists (`deepra.detector`), then EfficientNet
++ attention regressors of the Sharp/van der Heijde joint scores from each crop (`deepra.joints`),
+on the RA2-DREAM layout (`deepra.data`, phantoms in `deepra.synthetic`); `deepra.pipeline` joins
+them (films -> boxes -> crops -> 86 scores), `deepra.train` trains all eight models of a run and
+`deepra.evaluate` scores, reports and predicts. Importing the package registers its Keras objects
+(and the detector's keras-hub classes), so saved models reload with `keras.models.load_model`.
+
+Public API (CONTRACT.md): `PRESETS`, `build_model(preset="paper", **overrides)`,
+`write_phantom_dataset(root, *, num_subjects=64, seed=0)`, `inspect_dataset(root)`,
+`train(data_dir, out_dir, *, preset="demo", ...)`, `evaluate(model, data_dir, out_dir)`,
+`predict(model, inputs, out_dir, *, explain=False)`; and `explain_model`, `load_run`,
+`TRAIN_PRESETS`.
+"""
+
+import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
+from deepra import model  # noqa: F401  (registers the Keras objects)
+from deepra.data import inspect_dataset
+from deepra.evaluate import evaluate
+from deepra.evaluate import predict
+from deepra.model import PRESETS
+from deepra.model import build_model
+from deepra.model import explain_model
+from deepra.pipeline import load_run
+from deepra.synthetic import write_phantom_dataset
+from deepra.train import TRAIN_PRESETS
+from deepra.train import train
+
+# Package-specific flags of `python -m deepra` (see common.cli); None keeps the preset's value.
+CLI_ARGUMENTS = {
+    "train": [
+        (
+            ("--detector-epochs",),
+            {
+                "type": int,
+                "default": None,
+                "help": "epochs of the two detectors (default: preset's)",
+            },
+        ),
+        (
+            ("--joint-epochs",),
+            {
+                "type": int,
+                "default": None,
+                "help": "epochs of the six joint models (default: preset's)",
+            },
+        ),
+        (
+            ("--joint-batch-size",),
+            {
+                "type": int,
+                "default": None,
+                "help": "batch of the six joint models (default: the preset's; --batch-size sets "
+                "every model's)",
+            },
+        ),
+        (
+            ("--crop-size",),
+            {
+                "type": int,
+                "default": None,
+                "help": "side of the demo joint models' crops in pixels",
+            },
+        ),
+        (
+            ("--crop-source",),
+            {
+                "choices": ("detected", "annotated"),
+                "default": None,
+                "help": "train the joint models on the detected crops (default, as the paper) "
+                "or on the annotated boxes",
+            },
+        ),
+        (
+            ("--column-weights",),
+            {
+                "default": None,
+                "help": "CSV 'column,weight' of the weighted metrics (default: every weight 1)",
+            },
+        ),
+    ],
+    "evaluate": [
+        (
+            ("--column-weights",),
+            {
+                "default": None,
+                "help": "CSV 'column,weight' of the weighted metrics (default: the run's)",
+            },
+        ),
+    ],
+}
+
+__all__ = [
+    "CLI_ARGUMENTS",
+    "PRESETS",
+    "TRAIN_PRESETS",
+    "build_model",
+    "evaluate",
+    "explain_model",
+    "inspect_dataset",
+    "load_run",
+    "predict",
+    "train",
+    "write_phantom_dataset",
+]
