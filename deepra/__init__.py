@@ -91,8 +91,25 @@ CLI_ARGUMENTS = {
     ],
 }
 
+# The shared flags, in deepra's terms (a run is eight models; a patient is four films).
+_RUN_MODEL = (
+    "a run's model.h5 or model.keras (the two detectors and six joint models are read from "
+    "beside it)"
+)
+CLI_HELP = {
+    "evaluate": {"--model": _RUN_MODEL},
+    "predict": {
+        "--model": _RUN_MODEL,
+        "--input": "films named <Patient_ID>-<LH|RH|LF|RF>.jpg (JPEG, PNG or DICOM), folders of "
+        "them (a test folder with template.csv is read in its order), or one patient's four "
+        "films in the order LH RH LF RF",
+        "--explain": "also write each film's attention weights over every joint crop",
+    },
+}
+
 __all__ = [
     "CLI_ARGUMENTS",
+    "CLI_HELP",
     "PRESETS",
     "TRAIN_PRESETS",
     "build_model",

@@ -271,6 +271,8 @@ def test_cli_inspect_summary_and_help(run, capsys):
         assert "usage:" in text
         if command == "train":
             assert "--joint-epochs" in text and "--crop-source" in text
+        if command == "predict":  # the shared flags in deepra's terms (CLI_HELP)
+            assert "LH RH LF RF" in " ".join(text.split()) and "files or folders" not in text
 
 
 def test_resume_keeps_finished_models_and_restores_an_interrupted_one(run, tmp_path):
