@@ -8,9 +8,10 @@ SPIDER layout (van der Graaf et al., Sci Data 2024), under a root folder (or one
 
 File names are matched case-insensitively (`12_T2_space.MHA` is patient 12's T2 SPACE series);
 macOS `._*` companions and hidden files are ignored, as is the phantom writer's `_phantom_truth/`.
-Mask labels: vertebrae 1-25 numbered from the bottom (L5 = 1), 101-125 for partly visible
+Mask labels: vertebrae 1-25 numbered from the bottom (L5 = 1 in the challenge's description;
+with a transitional vertebra label 1 is simply the lowest one), 101-125 for partly visible
 vertebrae, 100 the spinal canal, 201-225 the discs (L5/S1 = 201): `IVD label` N is mask label
-200 + N. Series are stored in different orientations; every series is reoriented to `PIL`
+200 + N. A disc's two vertebrae are found by position, not by label arithmetic. Series are stored in different orientations; every series is reoriented to `PIL`
 (`SimpleITK.DICOMOrient`: array axes slice -> patient left, row -> inferior, column ->
 posterior) before slicing, so a sagittal slice shows the head up and the face left.
 
@@ -30,8 +31,17 @@ Required columns: Patient, IVD label, and the five graded columns above; Spondyl
 herniation and Disc bulging (0/1) are read when present and kept in the records. An empty cell is
 a missing label (-1): that task is ignored for that disc (§2), never taken as 0. Binary cells may
 be written 0/1, yes/no or true/false. Rows with `IVD label` 0 name no disc and are skipped with a
-warning. Each disc is taken from the first series of the patient, in the order of `sequences`
-(T2, then T2 SPACE, then T1 with a warning), whose mask contains it.
+warning (SPIDER's own file has two, patients 107 and 152). Each disc is taken from the first
+series of the patient, in the order of `sequences` (T2, then T2 SPACE, then T1 with a warning),
+whose mask contains it. Patient ids need not be contiguous (SPIDER's run 1-257 over 218
+patients); graded patients without any series in `images/` are skipped with a warning.
+
+Storage orientation differs between series: SPIDER's 2-D TSE T1/T2 series are stored LPS
+(`GetArrayFromImage` puts the sagittal slices on the LAST numpy axis), its 3-D T2 SPACE series
+PIR (slices on the FIRST axis); direction cosines may be oblique. `read_series` reorients both
+(and each mask on its own) to PIL by their direction cosines, never by axis position. Series
+may also sit one folder deeper (`images/images/*.mha` after unzipping `images.zip` into a
+folder named `images`).
 
 Plain layout, for users with their own extraction: `volumes.npy` `(N, 112, 224, 9)` in [0, 1] and
 `labels.csv` with one row per volume (same order) and the task columns above as class indices
@@ -352,8 +362,29 @@ def gradings_to_tasks(gradings) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ series
 
 
+def _series_files(folder, depth=2):
+    """The `.mha` files in `folder` and its subfolders up to `depth` levels below (sorted by path).
+
+    Unzipping SPIDER's `images.zip` into a folder named `images` gives `images/images/*.mha`;
+    macOS `__MACOSX/` copies, `._*` companions and hidden entries are skipped.
+    """
+    found = []
+    for child in sorted(Path(folder).iterdir()):
+        if _is_junk(child.name) or child.name == "__MACOSX":
+            continue
+        if child.is_file() and child.suffix.lower() == ".mha":
+            found.append(child)
+        elif child.is_dir() and depth > 0:
+            found.extend(_series_files(child, depth - 1))
+    return found
+
+
 def list_series(folder) -> pd.DataFrame:
     """Lists the image series of a SPIDER folder with their masks.
+
+    Series are found in `images/` and up to two folders below it (`images/images/*.mha` when
+    `images.zip` was unzipped into a folder named `images`), masks likewise in `masks/`, matched
+    by file name ignoring case.
 
     Args:
         folder: the SPIDER root (holding `images/` and `masks/`).
@@ -369,16 +400,21 @@ def list_series(folder) -> pd.DataFrame:
     masks = _find_child(folder, "masks", True)
     mask_files = {}
     if masks is not None:
-        for path in masks.iterdir():
-            if path.is_file() and not _is_junk(path.name):
-                mask_files[path.name.lower()] = path
+        for path in _series_files(masks):
+            mask_files.setdefault(path.name.lower(), path)
     rows = []
-    for path in sorted(images.iterdir()):
-        if not path.is_file() or _is_junk(path.name):
-            continue
+    seen = {}
+    for path in _series_files(images):
         match = _SERIES_RE.match(path.name)
         if match is None:
             continue
+        if path.name.lower() in seen:
+            warnings.warn(
+                f"{path}: same series as {seen[path.name.lower()]}; the first is used",
+                stacklevel=2,
+            )
+            continue
+        seen[path.name.lower()] = path
         mask = mask_files.get(path.name.lower())
         rows.append(
             {
@@ -481,6 +517,10 @@ def read_spider(root, *, sequences=SEQUENCES, check_masks=True) -> pd.DataFrame:
         check_masks: read the masks to choose the series and to check that every graded disc is
             segmented (a disc found in no mask raises DataError naming the CSV row).
 
+    Graded patients without any series in `images/` are skipped with one warning (DataError
+    when no graded patient has a series); a series without its mask is passed over for the
+    patient's next one (DataError when none of the patient's series has a mask).
+
     Returns:
         DataFrame, one row per disc: `patient`, `ivd_label`, `level`, `sequence`, `image_path`,
         `mask_path`, the six task columns, `modic`, `pfirrmann_grade`, `spondylolisthesis`,
@@ -506,23 +546,32 @@ def read_spider(root, *, sequences=SEQUENCES, check_masks=True) -> pd.DataFrame:
         for patient, group in series.groupby("patient")
     }
     chosen = []
+    keep = []
+    no_series = {}
+    no_mask = {}
+    on_t1 = {}
     for row in gradings.itertuples():
         available = by_patient.get(row.patient, {})
         candidates = [available[s] for s in sequences if s in available]
         if not candidates:
-            raise DataError(
-                f"no {'/'.join(sequences)} series for patient {row.patient} in images/",
-                path=row.csv_path,
-                row=row.csv_row,
-                column="Patient",
-            )
-        pick = None
+            # A graded patient without any series (a partial download, or a copy of the CSV
+            # beside a subset of the images): skipped, with one warning for all of them.
+            no_series.setdefault(row.patient, row.csv_row)
+            keep.append(False)
+            continue
+        with_mask = [c for c in candidates if isinstance(c.mask_path, str)]
         for candidate in candidates:
             if not isinstance(candidate.mask_path, str):
-                raise DataError(
-                    f"mask missing for {Path(candidate.image_path).name}",
-                    path=Path(folder, "masks", Path(candidate.image_path).name),
-                )
+                no_mask[Path(candidate.image_path).name] = candidate.image_path
+        if not with_mask:
+            name = Path(candidates[0].image_path).name
+            raise DataError(
+                f"mask missing for {name} (patient {row.patient}, graded in "
+                f"{Path(row.csv_path).name} row {row.csv_row})",
+                path=Path(folder, "masks", name),
+            )
+        pick = None
+        for candidate in with_mask:
             if not check_masks or 200 + row.ivd_label in mask_labels(candidate.mask_path):
                 pick = candidate
                 break
@@ -530,16 +579,45 @@ def read_spider(root, *, sequences=SEQUENCES, check_masks=True) -> pd.DataFrame:
             raise DataError(
                 f"disc {row.ivd_label} ({level_name(row.ivd_label)}, mask label "
                 f"{200 + row.ivd_label}) of patient {row.patient} is in no mask "
-                f"(first: {Path(candidates[0].mask_path).name})",
+                f"(first: {Path(with_mask[0].mask_path).name})",
                 path=row.csv_path,
                 row=row.csv_row,
                 column="IVD label",
             )
         if pick.sequence == "t1":
-            warnings.warn(
-                f"patient {row.patient} disc {row.ivd_label}: no T2 series; using T1", stacklevel=2
-            )
+            on_t1.setdefault(row.patient, []).append(int(row.ivd_label))
         chosen.append((pick.sequence, pick.image_path, pick.mask_path))
+        keep.append(True)
+    if no_mask:
+        warnings.warn(
+            f"{len(no_mask)} series in images/ without a mask in masks/ (not used): "
+            f"{', '.join(sorted(no_mask)[:5])}{' ...' if len(no_mask) > 5 else ''}",
+            stacklevel=2,
+        )
+    if on_t1:
+        warnings.warn(
+            "no T2 series (or none whose mask has the disc); T1 used for "
+            + "; ".join(f"patient {p} discs {d}" for p, d in sorted(on_t1.items())[:5])
+            + (" ..." if len(on_t1) > 5 else ""),
+            stacklevel=2,
+        )
+    if no_series:
+        listed = ", ".join(f"{p} (row {r})" for p, r in list(no_series.items())[:5])
+        more = " ..." if len(no_series) > 5 else ""
+        if len(no_series) == gradings["patient"].nunique():
+            raise DataError(
+                f"no {'/'.join(sequences)} series in images/ for any graded patient "
+                f"(first: patient {listed.split(',')[0]})",
+                path=csv_path,
+                row=next(iter(no_series.values())),
+                column="Patient",
+            )
+        warnings.warn(
+            f"{csv_path}: {len(no_series)} graded patient(s) have no {'/'.join(sequences)} "
+            f"series in images/ and are skipped: {listed}{more}",
+            stacklevel=2,
+        )
+    gradings = gradings[np.asarray(keep, dtype=bool)]
     records = gradings.copy()
     records["sequence"] = [c[0] for c in chosen]
     records["image_path"] = [c[1] for c in chosen]
