@@ -9,14 +9,22 @@ dot are never looked into; the shallowest layout wins, and OAI when both are at 
   matched case-insensitively; images may sit in sub-folders), each image one knee already
   cropped. Files are named `<participant ID><R|L>.png` (e.g. `9003175R.png`): the leading digits
   are the participant (for grouping), the letter the side; other names are their own participant.
-- OAI: the `kXR_SQ_BU00.txt` KL file (any letter case, anywhere under the root) is pipe-delimited
-  with a header naming at least `ID`, `SIDE`, `READPRJ`, `V00XRKL` (any case). `SIDE` is `1`
-  (right) / `2` (left) or the text form `1: Right` / `2: Left`; `READPRJ` selects the reading
-  project (15 by default; 37 and 42 are re-reads); `V00XRKL` is 0-4, and a blank (or OAI's `.`
-  missing codes) drops the knee, counted in `records.attrs["dropped_missing_kl"]`. Images under
-  the root are matched to rows by file name (any case, any sub-folder; PNG, JPEG or DICOM):
+- OAI: the `kXR_SQ_BU00.txt` KL file (any letter case, anywhere under the root; without it the
+  earliest `kXR_SQ_BU<NN>.txt` follow-up, whose KL column is `V<NN>XRKL`) is pipe-delimited
+  with a header naming at least `ID`, `SIDE`, `READPRJ`, `V00XRKL` (any case, quoted or not:
+  the release itself writes `readprj` and `id` in some files). `SIDE` is `1` (right) / `2`
+  (left) or the text form `1: Right` / `2: Left`; `READPRJ` selects the reading project (15 by
+  default; 37 and 42 are re-reads); `V00XRKL` is 0-4 (or `2: ...`), and a blank (or OAI's `.`
+  missing codes: `.: Missing Form/Incomplete Workbook`, `.P: Prosthetic`, ...) drops the knee,
+  counted in `records.attrs["dropped_missing_kl"]`. Images are matched to rows by file name
+  (any case, any sub-folder; PNG, JPEG or DICOM) under the KL file's folder, or, when that
+  holds none of them, under the nearest folder above it up to the root (the release keeps the
+  KL file in `X-Ray Image Assessments_ASCII/Semi-Quant Scoring_ASCII/`):
   `<ID>R` / `<ID>_R` / `<ID>L` / `<ID>_L` is a knee image, `<ID>` a bilateral PA film that is
-  split down the middle (§3.4). Convention: a PA film is displayed as if facing the patient, so
+  split down the middle (§3.4). The OAI image release is read as it unpacks too: a visit's
+  `contents.csv` (`Folder`, `ParticipantID`, `SeriesDescription`) points at each participant's
+  `Bilateral PA Fixed Flexion Knee` film `<Folder>/001` (a DICOM file without suffix).
+  Convention: a PA film is displayed as if facing the patient, so
   the image's LEFT half is the patient's RIGHT knee (`crop="left_half"`) and the right half the
   left knee (`crop="right_half"`). A per-knee image wins over a bilateral one.
 
@@ -59,6 +67,15 @@ from kneeoa.model import resolve_config
 
 KL_FILE_NAME = "kxr_sq_bu00.txt"
 KL_COLUMNS = ("ID", "SIDE", "READPRJ", "V00XRKL")
+# kXR_SQ_BU<visit>.txt: 00 baseline, 01 12 months, ...; its KL column is V<visit>XRKL.
+_KL_FILE = re.compile(r"^kxr_sq_bu(?P<visit>\d{2})\.txt$", re.IGNORECASE)
+# The OAI image release: <visit folder>/contents.csv lists every series, the knee film is
+# `<Folder>/001` of the rows with this SeriesDescription.
+CONTENTS_FILE_NAME = "contents.csv"
+PA_KNEE_SERIES = "bilateral pa fixed flexion knee"
+# OAI visit code -> the image release's visit folder (`00m`, `OAI_12m`, ...).
+_VISIT_MONTHS = {"00": "00m", "01": "12m", "03": "24m", "05": "36m", "06": "48m", "08": "72m"}
+_VISIT_MONTHS["10"] = "96m"
 SPLIT_NAMES = {
     "train": "train",
     "val": "val",
@@ -90,13 +107,22 @@ def _subdirs(folder):
 
 
 def _kl_file_in(folder):
+    """The KL file in `folder`: kXR_SQ_BU00.txt, else the earliest visit's kXR_SQ_BU<NN>.txt."""
+    found = []
     try:
         for p in sorted(Path(folder).iterdir()):
-            if p.is_file() and p.name.lower() == KL_FILE_NAME:
-                return p
+            match = _KL_FILE.match(p.name)
+            if match and p.is_file():
+                found.append((int(match.group("visit")), p.name, p))
     except OSError:
         pass
-    return None
+    return min(found)[2] if found else None
+
+
+def kl_column_for(path):
+    """The KL column of a KL file: `V<NN>XRKL` for `kXR_SQ_BU<NN>.txt`, else `V00XRKL`."""
+    match = _KL_FILE.match(Path(path).name)
+    return f"V{match.group('visit')}XRKL" if match else KL_COLUMNS[-1]
 
 
 def _split_dirs(folder):
@@ -273,9 +299,12 @@ def read_kl_file(path, *, readprj=15):
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise DataError("empty KL file (no header)", path=path, row=1)
-    header = [h.strip() for h in lines[0].split("|")]
-    index = {h.upper(): i for i, h in enumerate(header)}
-    for column in KL_COLUMNS:
+    header = [h.strip().strip('"').strip() for h in lines[0].split("|")]
+    index = {}
+    for i, h in enumerate(header):
+        index.setdefault(h.upper(), i)
+    kl_column = kl_column_for(path)
+    for column in (*KL_COLUMNS[:-1], kl_column):
         if column not in index:
             raise DataError(
                 f"missing column (header: {'|'.join(header)})", path=path, row=1, column=column
@@ -315,14 +344,14 @@ def read_kl_file(path, *, readprj=15):
                 row=number,
                 column="SIDE",
             )
-        value = cell("V00XRKL")
+        value = cell(kl_column)
         if _is_missing(value):
             dropped += 1
             continue
         kl = _leading_int(value)
         if kl is None or not 0 <= kl < NUM_KL_GRADES:
             raise DataError(
-                f"KL grade '{value}' outside 0..4", path=path, row=number, column="V00XRKL"
+                f"KL grade '{value}' outside 0..4", path=path, row=number, column=kl_column
             )
         key = (pid, side)
         if key in knees and knees[key][0] != kl:
@@ -331,7 +360,7 @@ def read_kl_file(path, *, readprj=15):
                 f"{knees[key][1]}, {kl} here) in READPRJ {readprj}",
                 path=path,
                 row=number,
-                column="V00XRKL",
+                column=kl_column,
             )
         knees.setdefault(key, (kl, number))
     if not knees and not dropped:
@@ -350,7 +379,7 @@ def read_kl_file(path, *, readprj=15):
 
 
 def _image_index(folder):
-    """Lower-case file stem -> image path, for every image under `folder` (skipping truth/junk)."""
+    """Lower-case file stem -> image paths (sorted), for every image under `folder`."""
     index = {}
     for path in list_images(folder):
         if any(_skipped(part) for part in path.relative_to(folder).parts[:-1]):
@@ -360,12 +389,76 @@ def _image_index(folder):
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
                 break
-        index.setdefault(stem, path)
+        index.setdefault(stem, []).append(path)
     return index
+
+
+def _read_contents(path):
+    """Participant ID -> knee film of one OAI image-release `contents.csv` (PA knee rows only)."""
+    import csv
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    reader = csv.reader(text.splitlines())
+    header = [h.strip().upper() for h in next(reader, [])]
+    wanted = ("FOLDER", "PARTICIPANTID", "SERIESDESCRIPTION")
+    if not all(w in header for w in wanted):
+        return {}
+    folder_i, pid_i, series_i = (header.index(w) for w in wanted)
+    films = {}
+    for cells in reader:
+        if len(cells) <= max(folder_i, pid_i, series_i):
+            continue
+        if cells[series_i].strip().lower() != PA_KNEE_SERIES:
+            continue
+        pid = cells[pid_i].strip()
+        if pid.endswith(".0"):
+            pid = pid[:-2]
+        series_dir = path.parent / Path(cells[folder_i].strip().replace("\\", "/"))
+        film = series_dir / "001"
+        if not film.is_file() and series_dir.is_dir():
+            found = [p for p in sorted(series_dir.iterdir()) if p.is_file() and p.name[0] != "."]
+            film = found[0] if found else film
+        if film.is_file():
+            films.setdefault(pid.lower(), []).append(film)
+    return films
+
+
+def _contents_index(folder):
+    """Participant ID -> PA knee films listed by the `contents.csv` files under `folder`."""
+    films = {}
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _skipped(d))
+        for name in sorted(files):
+            if name.lower() == CONTENTS_FILE_NAME:
+                try:
+                    found = _read_contents(Path(top) / name)
+                except (OSError, StopIteration):
+                    continue
+                for pid, paths in found.items():
+                    films.setdefault(pid, []).extend(paths)
+    return films
+
+
+def _within(paths, folder):
+    for path in paths:
+        if path.is_relative_to(folder):
+            return path
+    return None
 
 
 def read_oai(root, *, readprj=15):
     """Reads the OAI layout: the KL file and the images of the knees it grades.
+
+    Images are looked for under the KL file's folder, and when none of the graded participants
+    has an image there, under each folder above it up to `root` (the OAI release keeps the KL
+    file in `X-Ray Image Assessments_ASCII/Semi-Quant Scoring_ASCII/`, away from the films).
+    Besides files named by participant ID, the OAI image release itself is read: a
+    `contents.csv` (columns `Folder`, `ParticipantID`, `SeriesDescription`) whose
+    `Bilateral PA Fixed Flexion Knee` rows point at the bilateral film `<Folder>/001`.
 
     Args:
         root: the folder holding `kXR_SQ_BU00.txt` (or a folder above it) and the images.
@@ -379,23 +472,47 @@ def read_oai(root, *, readprj=15):
         DataError: as `read_kl_file`, or a graded knee without an image (naming the KL file's
             row and the `ID` column).
     """
-    _, folder = find_dataset(root, "oai")
+    top = Path(root)
+    _, folder = find_dataset(top, "oai")
     kl_file = _kl_file_in(folder)
     knees, dropped = read_kl_file(kl_file, readprj=readprj)
-    images = _image_index(folder)
+    if not top.is_dir() or not folder.is_relative_to(top):
+        top = folder
+    images = _image_index(top)
+    films = _contents_index(top)
+    month = _VISIT_MONTHS.get(kl_column_for(kl_file)[1:3])
+    if month:  # several visits' image releases: the KL file's visit first (00m, 12m, ...)
+        for paths in films.values():
+            paths.sort(key=lambda p: not any(part.lower().endswith(month) for part in p.parts))
+    wanted = set()
+    for knee in knees.itertuples(index=False):
+        lower = knee.participant_id.lower()
+        wanted.update((lower, f"{lower}{knee.side.lower()}", f"{lower}_{knee.side.lower()}"))
+
+    def holds_images(scope):
+        return any(
+            _within(images.get(stem, ()), scope) or _within(films.get(stem, ()), scope)
+            for stem in wanted
+        )
+
+    scope = folder
+    while scope != top and not holds_images(scope):
+        scope = scope.parent
     rows = []
     for knee in knees.itertuples(index=False):
         pid, side = knee.participant_id, knee.side
         lower = pid.lower()
-        path = images.get(f"{lower}{side.lower()}") or images.get(f"{lower}_{side.lower()}")
+        path = _within(images.get(f"{lower}{side.lower()}", ()), scope) or _within(
+            images.get(f"{lower}_{side.lower()}", ()), scope
+        )
         crop = "full"
         if path is None:
-            path = images.get(lower)
+            path = _within(images.get(lower, ()), scope) or _within(films.get(lower, ()), scope)
             crop = "left_half" if side == "R" else "right_half"
         if path is None:
             raise DataError(
-                f"no image for participant {pid} ({pid}.png/.dcm, {pid}{side} or {pid}_{side}) "
-                f"under {folder}",
+                f"no image for participant {pid} ({pid}.png/.dcm, {pid}{side} or {pid}_{side}, "
+                f"or a contents.csv '{PA_KNEE_SERIES}' row) under {scope}",
                 path=kl_file,
                 row=knee.row,
                 column="ID",
@@ -420,6 +537,7 @@ def read_oai(root, *, readprj=15):
             "source": "oai",
             "root": os.fspath(folder),
             "kl_file": os.fspath(kl_file),
+            "kl_column": kl_column_for(kl_file),
             "readprj": int(readprj),
             "dropped_missing_kl": int(dropped),
         }
@@ -439,7 +557,7 @@ def read_records(root, *, readprj=15):
     """
     layout, folder = find_dataset(root)
     if layout == "oai":
-        return read_oai(folder, readprj=readprj)
+        return read_oai(root, readprj=readprj)
     return read_kl_folders(folder)
 
 
