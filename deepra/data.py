@@ -8,17 +8,20 @@ The RA2-DREAM layout (Synapse syn20545111), `root` being the data set folder or 
     <root>/test/<Patient_ID>-<LH|RH|LF|RF>.jpg
 
 `training.csv` is read by column name, never by position, names compared without case and
-surrounding spaces: `Patient_ID`, `Overall_Tol`, `Overall_erosion`, `Overall_narrowing` and the 86
+surrounding spaces (UTF-8 with or without BOM, else Windows-1252; CRLF or LF; blank trailing
+fields of Excel exports tolerated): `Patient_ID`, `Overall_Tol`, `Overall_erosion`, `Overall_narrowing` and the 86
 joint columns of `deepra.columns` (other columns are ignored). Scores must be numbers within their
 SvH range (hand erosion 0-5, foot erosion 0-10, narrowing 0-4; the overall scores 0 to the sum of
 their joints' maxima). Films are found by name (`.jpg`/`.jpeg`, any case) in the folder of the CSV
 or below it; macOS `._*` files, hidden files and `_phantom_truth/` are ignored; some films are RGB
 and some carry an EXIF orientation (`common.image_io.read_image` makes them gray and upright).
 
-Box annotations for the detectors: Pascal VOC XML as labelImg writes them (one file per film, by
-default beside it) or a CSV `image,xmin,ymin,xmax,ymax,label` (with or without that header, as
-keras-retinanet reads it; image paths relative to the CSV). Boxes are in pixels of the upright
-film. Labels are the detector classes (`thumb`, `finger1`..`finger4`, `wrist`; `toe`, ...); the
+Box annotations for the detectors: Pascal VOC XML as labelImg writes them (one file per film,
+beside it or in a sibling folder such as `annotations/`; `<filename>` with or without extension;
+see `read_voc`) or a CSV `image,xmin,ymin,xmax,ymax,label` (with or without that header, as
+keras-retinanet reads it; image paths relative to the CSV). Boxes are returned in pixels of the
+upright film: labelImg ignores EXIF orientation, so a VOC file whose `<size>` is the stored size
+of a film turned by its EXIF tag (5-8) is turned upright; CSV boxes are taken as upright. Labels are the detector classes (`thumb`, `finger1`..`finger4`, `wrist`; `toe`, ...); the
 DeepRA code's names (`fin_ip`, `fin_1`..`fin_4`) are accepted too.
 
 Every problem a user's files can cause raises `common.errors.DataError` naming the file, the row
@@ -38,6 +41,7 @@ Records:
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -79,6 +83,7 @@ TRAINING_CSV = "training.csv"
 TEMPLATE_CSV = "template.csv"
 FILM_PATTERN = re.compile(r"^(?P<pid>.+)-(?P<limb>LH|RH|LF|RF)\.(?:jpe?g)$", re.IGNORECASE)
 BOX_COLUMNS = ("image", "xmin", "ymin", "xmax", "ymax", "label")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # The DeepRA code's label names -> ours (its "fin_ip" is the thumb on hands, the big toe on feet).
 LABEL_ALIASES = {"fin_1": "finger1", "fin_2": "finger2", "fin_3": "finger3", "fin_4": "finger4"}
 
@@ -174,22 +179,43 @@ def _index_films(folder, exclude=()):
 # training.csv and template.csv
 
 
+def _csv_lines(path):
+    """The rows of a CSV file: UTF-8 (with or without BOM), else Windows-1252 as Excel saves it."""
+    import csv
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"not a readable file: {e.strerror or e}", path=path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", errors="replace")
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise DataError(f"not a readable CSV: {' '.join(str(e).split())}", path=path) from None
+
+
+def _fit_fields(fields, width, path, row):
+    """A row's fields fitted to the header: blank trailing extras dropped, missing ones blank."""
+    if len(fields) > width and not any(f.strip() for f in fields[width:]):
+        fields = fields[:width]
+    if len(fields) > width:
+        raise DataError(f"{len(fields)} fields, the header has {width}", path=path, row=row)
+    return list(fields) + [""] * (width - len(fields))
+
+
 def _read_csv_text(path, required):
     """Reads a CSV as text, columns renamed to the canonical spellings of `required`.
 
     Returns the frame (blank lines dropped) with a `_row` column: the line's row number in the
     file, the header being row 1.
     """
-    import csv
-
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"not a readable CSV: {' '.join(str(e).split())}", path=path) from None
+    lines = _csv_lines(path)
     if not lines or not any(field.strip() for field in lines[0]):
         raise DataError("empty file (no header)", path=path, row=1)
     header = [field.strip() for field in lines[0]]
@@ -209,10 +235,7 @@ def _read_csv_text(path, required):
     for number, fields in enumerate(lines[1:], start=2):
         if not any(field.strip() for field in fields):
             continue  # a blank line
-        if len(fields) != len(header):
-            raise DataError(
-                f"{len(fields)} fields, the header has {len(header)}", path=path, row=number
-            )
+        fields = _fit_fields(fields, len(header), path, number)
         records.append([fields[i].strip() for i in columns.values()])
         rows.append(number)
     frame = pd.DataFrame(records, columns=list(columns), dtype=str)
@@ -420,8 +443,8 @@ def inspect_dataset(root):
 # Boxes
 
 
-def _image_size_hw(path):
-    """(height, width) of an image as displayed (EXIF orientation applied), from its header."""
+def _stored_size_hw(path):
+    """(height, width) of an image as stored (no EXIF orientation applied), from its header."""
     from PIL import Image
 
     try:
@@ -429,9 +452,97 @@ def _image_size_hw(path):
             w, h = im.size
     except Exception as e:  # noqa: BLE001  (any unreadable image is the user's file at fault)
         raise DataError(f"cannot read the image size: {e}", path=path) from None
+    return int(h), int(w)
+
+
+def _image_size_hw(path):
+    """(height, width) of an image as displayed (EXIF orientation applied), from its header."""
+    h, w = _stored_size_hw(path)
     if exif_orientation(path) in (5, 6, 7, 8):
         h, w = w, h
-    return int(h), int(w)
+    return h, w
+
+
+def _upright_box(values, orientation, stored_hw):
+    """A box in the stored pixel frame of a film -> the same box in its upright (EXIF) frame."""
+    h, w = stored_hw
+    x0, y0, x1, y1 = values
+    corners = [(x0, y0), (x1, y1)]
+    turn = {
+        2: lambda x, y: (w - x, y),
+        3: lambda x, y: (w - x, h - y),
+        4: lambda x, y: (x, h - y),
+        5: lambda x, y: (y, x),
+        6: lambda x, y: (h - y, x),
+        7: lambda x, y: (h - y, w - x),
+        8: lambda x, y: (y, w - x),
+    }.get(orientation)
+    if turn is None:
+        return list(values)
+    xs, ys = zip(*(turn(x, y) for x, y in corners), strict=True)
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _same_aspect(a_hw, b_hw, tolerance=0.01):
+    return abs(a_hw[1] / a_hw[0] - b_hw[1] / b_hw[0]) <= tolerance * (b_hw[1] / b_hw[0])
+
+
+def _voc_frame(xml_hw, image, path):
+    """How the boxes of a VOC file map onto the upright film.
+
+    labelImg shows a film's stored pixels (it ignores the EXIF orientation), so its `<size>` and
+    boxes are in the stored frame; other tools write the upright frame. The `<size>` tells them
+    apart when the orientation turns the film by 90 degrees (EXIF 5-8); with EXIF 2-4 the two
+    frames have the same size and the boxes are taken as upright. A `<size>` with the film's
+    aspect but another scale (annotated on a resized copy) scales the boxes.
+
+    Returns:
+        (size_hw the boxes are checked against, scale (sy, sx) into that frame, orientation to
+        turn by afterwards (1 for none), upright (height, width) of the film).
+    """
+    stored = _stored_size_hw(image)
+    orientation = exif_orientation(image)
+    turned = orientation in (5, 6, 7, 8)
+    upright = (stored[1], stored[0]) if turned else stored
+    if xml_hw is None or xml_hw == upright:
+        return upright, (1.0, 1.0), 1, upright
+    if turned and xml_hw == stored:
+        return stored, (1.0, 1.0), orientation, upright
+    for frame, turn in ((upright, 1), (stored, orientation if turned else 1)):
+        if _same_aspect(xml_hw, frame):
+            scale = (frame[0] / xml_hw[0], frame[1] / xml_hw[1])
+            return xml_hw, scale, turn, upright
+    raise DataError(
+        f"<size> {xml_hw[1]}x{xml_hw[0]} does not match the image {Path(image).name} "
+        f"({stored[1]}x{stored[0]} stored"
+        + (f", {upright[1]}x{upright[0]} upright" if turned else "")
+        + ")",
+        path=path,
+        column="size",
+    )
+
+
+def _resolve_image(folder, name):
+    """The image file `name` in `folder`: exact, else by name or by stem, in any case."""
+    if not name or folder is None:
+        return None
+    folder = Path(folder)
+    exact = folder / name
+    if exact.is_file() and is_image_file(exact):
+        return exact
+    if not folder.is_dir():
+        return None
+    key = name.lower()
+    stem_key = Path(name).stem.lower() if Path(name).suffix.lower() in _IMAGE_SUFFIXES else key
+    by_stem = None
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file() or not is_image_file(entry):
+            continue
+        if entry.name.lower() == key:
+            return entry
+        if by_stem is None and entry.stem.lower() == stem_key:
+            by_stem = entry
+    return by_stem
 
 
 def _label(name, limb, path, row, column):
@@ -486,11 +597,46 @@ def _number(text, path, row, column):
     return value
 
 
+def _voc_image(tree, path):
+    """The film a VOC file annotates.
+
+    Looked for by `<filename>` (with or without extension, any case), the file name of `<path>`
+    and the XML's own name, first beside the XML, then in the sibling folder named by `<folder>`
+    (labelImg's "Change Save Dir" layout: `annotations/` next to `train/`), then in the folder of
+    `<path>` if that exists on this machine.
+    """
+    from pathlib import PureWindowsPath
+
+    filename = (tree.findtext("filename") or "").strip()
+    recorded = (tree.findtext("path") or "").strip()
+    folder = (tree.findtext("folder") or "").strip()
+    names = [filename, PureWindowsPath(recorded).name if recorded else "", path.stem]
+    folders = [path.parent]
+    if folder and PureWindowsPath(folder).name:
+        folders.append(path.parent.parent / PureWindowsPath(folder).name)
+    if recorded:
+        folders.append(Path(recorded).parent)
+    for base in folders:
+        for name in dict.fromkeys(n for n in names if n):
+            image = _resolve_image(base, name)
+            if image is not None:
+                return image
+    raise DataError(
+        f"image '{filename or recorded}' not found beside the annotation"
+        + (f" nor in ../{folder}" if folder else ""),
+        path=path,
+        column="filename",
+    )
+
+
 def read_voc(path):
     """Reads one Pascal VOC XML file as labelImg writes it and checks its boxes.
 
-    The image is the `<filename>` in the XML's folder (else a film with the XML's name). Boxes
-    must lie within the image (`<size>`, or the image itself when the size is missing or 0).
+    The image is found as `_voc_image` says. Boxes are returned in the upright film's pixels: a
+    labelImg file of a film with an EXIF rotation (`<size>` = the stored size) is turned upright,
+    one written for a resized copy of the film (`<size>` of the same aspect) is scaled. Boxes must
+    lie within `<size>` (or the image itself when the size is missing or 0). `<difficult>`,
+    `<truncated>`, `<pose>` and `<depth>` are not used; labels are compared without case.
 
     Args:
         path: the `.xml` file.
@@ -500,31 +646,25 @@ def read_voc(path):
         (the line of the `<object>` element).
 
     Raises:
-        DataError: unreadable XML, an image that is not there, an unknown label, a missing or
-            non-numeric coordinate, or a box outside the image.
+        DataError: unreadable XML, an image that is not there, a `<size>` that does not fit the
+            image, an unknown label, a missing or non-numeric coordinate, or a box outside the
+            image.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        tree = ET.fromstring(text)
-    except (OSError, UnicodeDecodeError, ET.ParseError) as e:
+        raw = path.read_bytes()
+        tree = ET.fromstring(raw)  # bytes: the XML declaration's encoding is honoured
+    except (OSError, ET.ParseError) as e:
         raise DataError(f"not a readable XML file: {e}", path=path) from None
-    lines = text.splitlines()
+    lines = raw.decode("utf-8", errors="replace").splitlines()
     object_lines = [i + 1 for i, line in enumerate(lines) if "<object" in line]
-    filename = (tree.findtext("filename") or "").strip()
-    image = path.parent / filename if filename else None
-    if image is None or not image.is_file():
-        image = next(
-            (p for p in sorted(path.parent.glob(path.stem + ".*")) if is_image_file(p)), None
-        )
-    if image is None:
-        raise DataError(
-            f"image '{filename}' not found beside the annotation", path=path, column="filename"
-        )
+    image = _voc_image(tree, path)
     size = tree.find("size")
     width = _number(size.findtext("width", "0"), path, None, "width") if size is not None else 0
     height = _number(size.findtext("height", "0"), path, None, "height") if size is not None else 0
-    size_hw = (int(height), int(width)) if width > 0 and height > 0 else _image_size_hw(image)
+    xml_hw = (int(round(height)), int(round(width))) if width > 0 and height > 0 else None
+    size_hw, (sy, sx), turn, _ = _voc_frame(xml_hw, image, path)
+    stored_hw = _stored_size_hw(image) if turn != 1 else None
     limb = _limb_of_image(image)
     rows = []
     for k, obj in enumerate(tree.findall("object")):
@@ -535,11 +675,14 @@ def read_voc(path):
             raise DataError("object without <bndbox>", path=path, row=line, column="bndbox")
         values = []
         for column in ("xmin", "ymin", "xmax", "ymax"):
-            raw = box.findtext(column)
-            if raw is None:
+            raw_value = box.findtext(column)
+            if raw_value is None:
                 raise DataError("missing coordinate", path=path, row=line, column=column)
-            values.append(_number(raw, path, line, column))
+            values.append(_number(raw_value, path, line, column))
         _check_box(values, size_hw, path, line)
+        values = [values[0] * sx, values[1] * sy, values[2] * sx, values[3] * sy]
+        if turn != 1:
+            values = _upright_box(values, turn, stored_hw)
         rows.append((str(image), label, *values, str(path), line))
     return pd.DataFrame(
         rows, columns=["image", "label", "xmin", "ymin", "xmax", "ymax", "source", "row"]
@@ -550,7 +693,8 @@ def read_box_csv(path):
     """Reads a box CSV `image,xmin,ymin,xmax,ymax,label` (header optional, as keras-retinanet).
 
     A row with an image and empty coordinates and label marks an image without boxes (skipped).
-    Image paths are relative to the CSV's folder unless absolute.
+    Image paths are relative to the CSV's folder unless absolute; the file name is matched in any
+    case (`UAB001-LH.jpg` finds `UAB001-LH.JPG`) and with any image extension.
 
     Args:
         path: the CSV file.
@@ -562,13 +706,10 @@ def read_box_csv(path):
         DataError: a wrong number of fields, an image that is not there, an unknown label, a
             non-numeric coordinate, or a box outside the image.
     """
-    import csv
-
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        lines = list(csv.reader(f))
+    lines = _csv_lines(path)
     if not lines:
         raise DataError("empty file", path=path, row=1)
     header = [c.strip().lower() for c in lines[0]]
@@ -589,9 +730,10 @@ def read_box_csv(path):
                 row=row,
             )
         record = dict(zip(order, (f.strip() for f in fields), strict=True))
-        image = Path(record["image"])
-        image = image if image.is_absolute() else path.parent / image
-        if not image.is_file():
+        given = Path(record["image"])
+        given = given if given.is_absolute() else path.parent / given
+        image = _resolve_image(given.parent, given.name)
+        if image is None:
             raise DataError(
                 f"image '{record['image']}' not found", path=path, row=row, column="image"
             )
