@@ -14,6 +14,14 @@ Official layout (Stanford AIMI / RSNA):
     Bone Age Validation Set/Validation Dataset.csv      Image ID,male,Bone Age (months)
     Bone Age Validation Set/boneage-validation-dataset-1/[boneage-validation-dataset-1/]<id>.png
     Bone Age Validation Set/boneage-validation-dataset-2/[boneage-validation-dataset-2/]<id>.png
+    Bone Age Test Set/Bone age ground truth.xlsx        Case ID,Sex,Ground truth bone age (months)
+    Bone Age Test Set/Test Set Images/<id>.png          Sex as M/F; fractional ages
+
+The test set's labels are published only as an Excel workbook (read here without openpyxl, see
+`boneage.xlsx`); a CSV saved from it under the same name (`Bone age ground truth.csv`) reads too.
+Its name is distinctive, so it is also found where users often copy it: beside the Kaggle files,
+whose `boneage-test-dataset/` holds the same 200 test images. An image listed by two
+label files of the same split (both layouts in one folder) counts once, labelled rows first.
 
 File and folder names and headers are matched without regard to case or surrounding spaces; the
 sex is read from `male` (True/False, 1/0, yes/no, male/female, any case) or `Sex` (M/F, any case);
@@ -41,6 +49,7 @@ import pandas as pd
 import tensorflow as tf
 
 from boneage.model import get_config
+from boneage.xlsx import read_xlsx_rows
 from common.augment import AugmentConfig
 from common.augment import make_image_dataset
 from common.errors import DataError
@@ -72,9 +81,17 @@ _CSV_FILES = {
     "validation dataset.csv": (
         "validation",
         "official",
-        ("boneage-validation-dataset-1", "boneage-validation-dataset-2"),
+        (
+            "boneage-validation-dataset-1",
+            "boneage-validation-dataset-2",
+            "boneage-validation-dataset",
+        ),
     ),
+    "bone age ground truth.xlsx": ("test", "official", ("test set images", "boneage-test-dataset")),
+    "bone age ground truth.csv": ("test", "official", ("test set images", "boneage-test-dataset")),
 }
+# Generic names that are RSNA files only inside an RSNA folder (see `_is_official_folder`).
+_GUARDED_FILES = {"train.csv", "validation dataset.csv"}
 _ID_COLUMNS = ("id", "image id", "case id", "image_id", "case_id")
 _AGE_COLUMNS = (
     "boneage",
@@ -106,9 +123,10 @@ def _visible_dirs(names):
 
 
 def _is_official_folder(folder, kind):
-    """`train.csv` is an RSNA file only in `Bone Age Training Set/` or beside its image folder."""
+    """`train.csv` is an RSNA file only in an RSNA folder (`Bone Age Training Set/`,
+    `boneage-training-dataset/`, ...) or beside its image folder."""
     folder = Path(folder)
-    if _norm(folder.name).startswith("bone age"):
+    if _norm(folder.name).startswith(("bone age", "boneage")):
         return True
     wanted = {_norm(n) for n in kind[2]}
     return any(p.is_dir() and _norm(p.name) in wanted for p in folder.iterdir())
@@ -138,7 +156,9 @@ def find_label_files(root):
             if name.startswith("."):
                 continue
             kind = _CSV_FILES.get(_norm(name))
-            if kind is None or (kind[1] == "official" and not _is_official_folder(folder, kind)):
+            if kind is None:
+                continue
+            if _norm(name) in _GUARDED_FILES and not _is_official_folder(folder, kind):
                 continue
             found.append((Path(folder) / name, *kind))
     if not found:
@@ -270,12 +290,31 @@ def _sniff_image(path, csv_path, row, column):
         raise DataError(f"corrupt image: {error.reason} {where}", path=path) from None
 
 
+def _read_rows(path):
+    """`(row_number, cells)` of a label file: CSV (UTF-8, BOM and CRLF allowed) or `.xlsx`."""
+    if path.suffix.lower() == ".xlsx":
+        return read_xlsx_rows(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            rows = []
+            for cells in reader:
+                rows.append((len(rows) + 1, cells))
+            return rows
+    except FileNotFoundError:
+        raise DataError("label file not found", path=path) from None
+    except UnicodeDecodeError:
+        raise DataError("not a UTF-8 text (CSV) file", path=path) from None
+    except csv.Error as error:
+        raise DataError(f"unreadable CSV: {error}", path=path) from None
+
+
 def read_label_csv(csv_path, split, *, source="kaggle", image_folders=None, check_images=True):
     """Reads one RSNA label CSV and finds its images.
 
     Args:
         csv_path: the CSV (`boneage-training-dataset.csv`, `train.csv`, `Validation Dataset.csv`,
-            `boneage-test-dataset.csv`).
+            `boneage-test-dataset.csv`) or the test set's `Bone age ground truth.xlsx`.
         split: "train", "validation" or "test" (ages are optional only for "test").
         source: "kaggle" or "official" (recorded in the `source` column).
         image_folders: folders searched recursively for `<id>.<ext>`; default: the CSV's folder.
@@ -292,18 +331,10 @@ def read_label_csv(csv_path, split, *, source="kaggle", image_folders=None, chec
     csv_path = Path(csv_path)
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}'. Available: {list(SPLITS)}")
-    try:
-        with open(csv_path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise DataError("label file not found", path=csv_path) from None
-    except UnicodeDecodeError:
-        raise DataError("not a UTF-8 text (CSV) file", path=csv_path) from None
-    except csv.Error as error:
-        raise DataError(f"unreadable CSV: {error}", path=csv_path) from None
-    if not rows or not any(cell.strip() for cell in rows[0]):
+    rows = _read_rows(csv_path)
+    if not rows or not any(cell.strip() for cell in rows[0][1]):
         raise DataError("empty label file (no header)", path=csv_path, row=1)
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     id_col = _find_column(header, _ID_COLUMNS, csv_path, "image id")
     age_col = _find_column(header, _AGE_COLUMNS, csv_path, "bone age", required=split != "test")
     male_col = _find_column(header, _MALE_COLUMNS, csv_path, "sex", required=False)
@@ -317,7 +348,7 @@ def read_label_csv(csv_path, split, *, source="kaggle", image_folders=None, chec
     index = _image_index(folders)
 
     records, seen = [], {}
-    for row_number, cells in enumerate(rows[1:], start=2):
+    for row_number, cells in rows[1:]:
         if not any(cell.strip() for cell in cells):
             continue  # blank line
         cells = cells + [""] * (len(header) - len(cells))
@@ -398,7 +429,14 @@ def read_records(root, *, check_images=True) -> pd.DataFrame:
                 csv_path, split, source=source, image_folders=folders, check_images=check_images
             )
         )
-    return pd.concat(frames, ignore_index=True)
+    records = pd.concat(frames, ignore_index=True)
+    # Both layouts in one folder list the same images twice (e.g. the Kaggle test CSV without ages
+    # and the official ground truth with them): keep one row per image and split, labelled first.
+    order = records.assign(_unlabelled=records["age_months"].isna()).sort_values(
+        ["_unlabelled"], kind="stable"
+    )
+    keep = ~order.duplicated(["split", "image_id"], keep="first")
+    return records.loc[sorted(order.index[keep.to_numpy()])].reset_index(drop=True)
 
 
 def inspect_dataset(root) -> dict:
@@ -409,8 +447,9 @@ def inspect_dataset(root) -> dict:
 
     Returns:
         One entry per split found: `{"train": {"images", "males", "mean_age_months"},
-        "validation": {...}, "test": {"images", "males"}}` (`mean_age_months` wherever the split
-        has ages, rounded to 0.01).
+        "validation": {...}, "test": {"images", "males"}}`, exactly CONTRACT.md's keys: the
+        test entry has no `mean_age_months` even when the official test set's ground truth
+        gives its ages (the Kaggle test CSV has none). Means are rounded to 0.01.
     """
     records = read_records(root)
     out = {}
@@ -419,7 +458,7 @@ def inspect_dataset(root) -> dict:
         if part.empty:
             continue
         entry = {"images": int(len(part)), "males": int(part["male"].sum())}
-        if part["age_months"].notna().all():
+        if split != "test" and part["age_months"].notna().all():
             entry["mean_age_months"] = round(float(part["age_months"].mean()), 2)
         out[split] = entry
     return out
