@@ -10,9 +10,13 @@ The layout (Rajpurkar et al. 2018; the archive `MURA-v1.1.zip`):
 The CSVs have no header (a header row a user added is recognised and skipped), one image path per
 row, or a study path (ending in `/`; read as well without it) and its label (1 = abnormal). Body part
 and patient come from the path. The paths start with the archive's folder name; they are resolved
-from the `train`/`valid` component on, inside the data set folder, so a renamed folder still works.
-macOS `._image1.png` files and `.DS_Store` are never read: only the listed images are. Without the
-CSVs, a split folder is scanned and the labels taken from the `_positive`/`_negative` folder names.
+from the `train`/`valid` component on, inside the data set folder, so a renamed folder still works
+(and CSVs a user moved one level up, beside the `MURA-v1.1` folder, too). The data set folder may be
+one or two levels down (`MURA-v1.1/MURA-v1.1/` from unzipping into a folder of its own name).
+macOS `._image1.png` files, `__MACOSX/` and `.DS_Store` are never read: only the listed images are.
+A CSV label that disagrees with the study's `_positive`/`_negative` folder name is used, with a
+warning naming the row. Without the CSVs (also MURA v1.0, whose `train.csv`/`valid.csv` list images
+with labels), a split folder is scanned and the labels taken from the folder names.
 
 `valid` is MURA's held-out split: it becomes our "test"; "val" is carved out of `train` by patient
 (`common.splits.assign_validation`), so no patient is in two splits. The weighted binary cross-entropy
@@ -29,6 +33,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +85,11 @@ _CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
 def find_dataset_dir(root):
-    """The MURA-v1.1 folder: `root` itself or the folder inside it that holds the split CSVs/folders.
+    """The MURA-v1.1 folder: `root` itself or a folder one or two levels inside it.
+
+    Two levels cover the common copy `MURA-v1.1/MURA-v1.1/` (an archive unzipped into a folder of
+    its own name). A folder named `MURA-v1.1` is preferred; hidden folders and `__MACOSX` are
+    skipped.
 
     Args:
         root: the data set folder (`MURA-v1.1`, possibly renamed) or the folder that holds it.
@@ -97,18 +106,41 @@ def find_dataset_dir(root):
         raise DataError("data folder not found" if not root.exists() else "not a folder", path=root)
     if _looks_like_dataset(root):
         return root
-    candidates = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
-        key=lambda p: (p.name.lower() != "mura-v1.1", p.name),
-    )
-    for child in candidates:
+    children = _subfolders(root)
+    for child in children:
         if _looks_like_dataset(child):
             return child
+    nested = [g for child in children for g in _subfolders(child) if _looks_like_dataset(g)]
+    if len(nested) == 1:
+        return nested[0]
+    if nested:
+        names = ", ".join(p.relative_to(root).as_posix() for p in nested[:3])
+        raise DataError(
+            f"several MURA data sets two folders down ({names}"
+            f"{', ...' if len(nested) > 3 else ''}): name one of them",
+            path=root,
+        )
     raise DataError(
         "no MURA data set here: expected train_image_paths.csv / valid_image_paths.csv "
-        "(or train/ and valid/ folders) in this folder or in a sub-folder such as MURA-v1.1",
+        "(or train/ and valid/ folders) in this folder or one or two folders down "
+        "(e.g. MURA-v1.1/ or MURA-v1.1/MURA-v1.1/)",
         path=root,
     )
+
+
+def _subfolders(folder):
+    """Sub-folders that may hold the data set, `MURA-v1.1` first; not hidden, `__MACOSX`, etc."""
+    try:
+        found = [
+            p
+            for p in folder.iterdir()
+            if p.is_dir()
+            and not p.name.startswith((".", "_"))
+            and not re.match(r"(xr_|patient\d+$|study\d+)", p.name, re.IGNORECASE)
+        ]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (p.name.lower() != "mura-v1.1", p.name))
 
 
 def _entries(folder):
@@ -273,7 +305,7 @@ def read_split(dataset_dir, split, *, verify="header"):
         return None
     studies = _read_studies(study_csv, split) if study_csv is not None else None
     if image_csv is not None:
-        images = _read_image_rows(image_csv, split, dataset_dir)
+        images = _read_image_rows(image_csv, split, _image_root(dataset_dir, split))
     else:
         images = _scan_split_folder(split_dir, split, dataset_dir)
     if not images:
@@ -338,6 +370,7 @@ def _study_key(match):
 
 def _read_studies(study_csv, split):
     studies = {}
+    disagree = []
     for row, (text, label_text) in read_mura_csv(study_csv, STUDY_COLUMNS):
         match, _ = _parse_path(
             text,
@@ -357,6 +390,18 @@ def _read_studies(study_csv, split):
                 column=STUDY_COLUMNS[0],
             )
         studies[key] = {"label": label, "row": row, "text": text}
+        folder_label = int(match.group("folder_label").lower() == "positive")
+        if folder_label != label:
+            disagree.append((row, text, label, match.group("folder_label").lower()))
+    if disagree:
+        row, text, label, folder = disagree[0]
+        others = f" (and {len(disagree) - 1} more studies)" if len(disagree) > 1 else ""
+        warnings.warn(
+            f"{study_csv}: row {row}, column '{STUDY_COLUMNS[1]}': study '{text}' is labelled "
+            f"{label} but its folder name says {folder}{others}; the CSV label is used",
+            UserWarning,
+            stacklevel=2,
+        )
     return studies
 
 
@@ -373,6 +418,23 @@ def _record_parts(match, relative, dataset_dir):
         "view": int(view.group(1)) if view else 0,
         "folder_label": int(match.group("folder_label").lower() == "positive"),
     }
+
+
+def _image_root(dataset_dir, split):
+    """The folder that holds the split folder the CSV paths point into.
+
+    The data set folder itself, as in the archive; or, when a user moved the CSVs one level up
+    beside the archive folder (so that the paths `MURA-v1.1/train/...` resolve from there), the
+    sub-folder that holds `<split>/XR_<PART>/`.
+    """
+    own = _find_file(dataset_dir, split)
+    if own is not None and own.is_dir():
+        return dataset_dir
+    for child in _subfolders(dataset_dir):
+        sub = _find_file(child, split)
+        if sub is not None and sub.is_dir() and any(n.startswith("xr_") for n in _entries(sub)):
+            return child
+    return dataset_dir
 
 
 def _read_image_rows(image_csv, split, dataset_dir):
