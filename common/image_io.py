@@ -46,6 +46,52 @@ class ImageReadError(DataError):
     """
 
 
+def _fill_transfer_syntax(ds):
+    """A bare data set (no preamble, no file meta, as older archives store them) read with
+    `force=True` lacks the Transfer Syntax UID that decoding its pixels needs: take the encoding
+    pydicom found while parsing it (implicit or explicit VR, little or big endian)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit is None:
+        implicit, little = True, True
+    syntax = (
+        ImplicitVRLittleEndian
+        if implicit
+        else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    meta.TransferSyntaxUID = syntax
+
+
+def _looks_like_bare_dicom(head):
+    """A DICOM data set without preamble: it starts with a group 0x0008 element (little endian)
+    such as (0008,0005) Specific Character Set or (0008,0008) Image Type."""
+    if len(head) < 8 or head[:2] != b"\x08\x00":
+        return False
+    element = int.from_bytes(head[2:4], "little")
+    return element < 0x0100 and (
+        head[4:6].isalpha() and head[4:6].isupper() or head[6:8] == b"\x00\x00"
+    )
+
+
+def _is_dicom_head(path, head):
+    """DICOM by suffix, by the `DICM` preamble, or (a file without suffix, as archives name them
+    `001`) by a bare data set's first element."""
+    suffix = Path(path).suffix.lower()
+    if suffix in DICOM_SUFFIXES or _has_dicom_preamble(head):
+        return True
+    return not suffix and _looks_like_bare_dicom(head)
+
+
 def _head(path, size=132):
     with open(path, "rb") as f:
         return f.read(size)
@@ -56,7 +102,8 @@ def _has_dicom_preamble(head):
 
 
 def is_dicom_file(path):
-    """Whether `path` is a DICOM file: a `.dcm`/`.dicom` suffix or the `DICM` preamble at byte 128.
+    """Whether `path` is a DICOM file: a `.dcm`/`.dicom` suffix, the `DICM` preamble at byte 128,
+    or (a file without suffix) a bare data set without preamble.
 
     Args:
         path: a file path.
@@ -69,7 +116,10 @@ def is_dicom_file(path):
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
-        return path.is_file() and _has_dicom_preamble(_head(path))
+        if not path.is_file():
+            return False
+        head = _head(path)
+        return _is_dicom_head(path, head)
     except OSError:
         return False
 
@@ -78,7 +128,8 @@ def is_image_file(path):
     """Whether `path` names an image this module reads.
 
     PNG and JPEG files are recognised by suffix (`.png`, `.jpg`, `.jpeg`, any case) and DICOM files by
-    suffix (`.dcm`, `.dicom`) or, for files with any other name, by the `DICM` preamble. Hidden files
+    suffix (`.dcm`, `.dicom`) or, for files with any other name, by the `DICM` preamble (or, without a
+    suffix, by a bare data set's first element). Hidden files
     and the macOS `._*` companions are never images.
 
     Args:
@@ -93,7 +144,7 @@ def is_image_file(path):
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     try:
-        return path.is_file() and _has_dicom_preamble(_head(path))
+        return path.is_file() and _is_dicom_head(path, _head(path))
     except OSError:
         return False
 
@@ -156,7 +207,7 @@ def read_image(path):
         head = _head(path)
     except OSError as e:
         raise ImageReadError(f"cannot open: {e}", path=path) from None
-    if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(head):
+    if _is_dicom_head(path, head):
         image = _read_dicom(path)
     else:
         image = _read_raster(path, head)
@@ -325,6 +376,7 @@ def _read_dicom(path):
                 ds = pydicom.dcmread(path)
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, force=True)
+                _fill_transfer_syntax(ds)
             if (
                 "PixelData" not in ds
                 and "FloatPixelData" not in ds
@@ -464,7 +516,7 @@ def sniff_format(path):
     """
     path = Path(path)
     head = _head(path)
-    if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(head):
+    if _is_dicom_head(path, head):
         return "dicom"
     if head.startswith(_PNG_SIGNATURE):
         return "png"

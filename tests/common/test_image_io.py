@@ -17,10 +17,12 @@ from common.errors import DataError
 from common.image_io import ImageReadError
 from common.image_io import _apply_orientation
 from common.image_io import image_id
+from common.image_io import is_dicom_file
 from common.image_io import is_image_file
 from common.image_io import list_images
 from common.image_io import read_image
 from common.image_io import read_image_resized
+from common.image_io import sniff_format
 
 RNG = np.random.default_rng(0)
 GRAY8 = RNG.integers(0, 256, size=(12, 16), dtype=np.uint8)
@@ -342,3 +344,32 @@ def test_read_image_resized(tmp_path, keep_aspect):
         assert np.all(image[:10] == 0) and np.all(image[30:] == 0)
     else:
         np.testing.assert_allclose(image, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("name", ["old.dcm", "001"])
+def test_dicom_bare_data_set_without_preamble_or_file_meta(tmp_path, implicit, name):
+    """Older archives store the data set alone: no 128-byte preamble, no file meta (so no
+    Transfer Syntax UID), sometimes no suffix (the OAI image release names its films `001`)."""
+    from pydicom.filewriter import dcmwrite
+
+    stored = (np.arange(12 * 9).reshape(12, 9) * 30).astype(np.uint16)
+    full = write_dicom(tmp_path / "full.dcm", stored, window=(1600, 3200))
+    ds = pydicom.dcmread(full)
+    del ds.file_meta
+    ds.preamble = None
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        dcmwrite(f, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    head = path.read_bytes()[:132]
+    assert head[128:132] != b"DICM" and b"1.2.840.10008.1.2" not in path.read_bytes()[:300]
+    assert is_dicom_file(path) and is_image_file(path)
+    assert sniff_format(path) == "dicom"
+    np.testing.assert_allclose(read_image(path), read_image(full), atol=1e-6)
+    assert list_images(tmp_path) == sorted([full, path])
+
+
+def test_a_file_without_suffix_that_is_not_dicom_is_not_an_image(tmp_path):
+    path = tmp_path / "README"
+    path.write_bytes(b"\x08\x00 this is text, not a data set" * 8)
+    assert not is_dicom_file(path) and not is_image_file(path)
