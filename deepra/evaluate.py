@@ -728,6 +728,23 @@ def _template_films(folder):
     return rows
 
 
+def _prediction_columns(inputs):
+    """`predictions.csv`'s columns: the order of the first input folder's `template.csv` (the
+    challenge scores the file it handed out), else `training.csv`'s; columns the template lacks
+    follow, columns we do not know are left out."""
+    for path in [Path(p) for p in inputs]:
+        csv = data._child(path, data.TEMPLATE_CSV) if path.is_dir() else None
+        if csv is None or not csv.is_file():
+            continue
+        known = {c.lower(): c for c in TRAINING_COLUMNS}
+        lines = data._csv_lines(csv)
+        header = lines[0] if lines else []
+        ordered = [known[c.strip().lower()] for c in header if c.strip().lower() in known]
+        ordered = list(dict.fromkeys(ordered))
+        return ordered + [c for c in TRAINING_COLUMNS if c not in ordered]
+    return list(TRAINING_COLUMNS)
+
+
 def _limb_match(path):
     stem = Path(path).stem
     match = data.FILM_PATTERN.match(f"{stem}.jpg")
@@ -798,7 +815,8 @@ def predict(model, inputs, out_dir, *, explain=False, verbose=1):
         inputs: films (JPEG, PNG, DICOM) named `<Patient_ID>-<LH|RH|LF|RF>.<ext>`, folders of
             them (a folder with `template.csv` is read in the template's order), or one
             patient's four films in the order LH, RH, LF, RF.
-        out_dir: output folder: `predictions.csv` (Patient_ID + the columns of `training.csv`),
+        out_dir: output folder: `predictions.csv` (Patient_ID + the columns of `training.csv`,
+            in the order of the input folder's `template.csv` when there is one),
             `detections.csv` (the stage-1 boxes per film).
         explain: also write `<film>_attention.png` per film: the film with the attention weights
             of the erosion models (left) and of the narrowing models (right) painted into each
@@ -832,7 +850,7 @@ def predict(model, inputs, out_dir, *, explain=False, verbose=1):
     table = data.scores_table(list(results.values()), patients)
     incomplete = table[list(JOINT_COLUMNS)].isna().any(axis=1)
     table.loc[incomplete, ["Overall_Tol", "Overall_erosion", "Overall_narrowing"]] = np.nan
-    table = table[list(TRAINING_COLUMNS)]
+    table = table[_prediction_columns(inputs)]
     if explain:
         _write_explanations(out_dir, films, detections, results)
     reports.write_csv(output_path(out_dir, "detections.csv"), detections.drop(columns=["image"]))

@@ -154,7 +154,14 @@ def test_cli_evaluate_h5_in_a_fresh_process_and_keras(run, tmp_path):
 
 
 def test_cli_predict_template_folder_with_explain(run, tmp_path):
-    test_dir = run["data"] / "test"
+    # The test folder as handed out, its template's score columns in another order than
+    # training.csv's: predictions.csv follows the template.
+    test_dir = tmp_path / "handed_out"
+    shutil.copytree(run["data"] / "test", test_dir)
+    template = pd.read_csv(test_dir / "template.csv")
+    shuffled = ["Patient_ID", *reversed([c for c in template.columns if c != "Patient_ID"])]
+    template[shuffled].to_csv(test_dir / "template.csv", index=False)
+    tmp_path = tmp_path / "out"
     code = main(
         deepra,
         [
@@ -171,7 +178,7 @@ def test_cli_predict_template_folder_with_explain(run, tmp_path):
     assert code == 0
     template = pd.read_csv(test_dir / "template.csv")
     frame = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(frame.columns) == list(template.columns)
+    assert list(frame.columns) == shuffled == list(template.columns)
     assert frame["Patient_ID"].tolist() == template["Patient_ID"].tolist()
     assert frame[list(columns.SCORE_COLUMNS)].notna().all().all()
     films = [p for p in sorted(test_dir.glob("*.jpg")) if not p.name.startswith("._")]
