@@ -363,25 +363,47 @@ def read_template(root):
     csv = _child(test_dir, TEMPLATE_CSV)
     if csv is None or not csv.is_file():
         raise DataError("template.csv not found", path=test_dir)
-    frame = _read_csv_text(csv, TRAINING_COLUMNS)
+    rows = [
+        (pid, limb, "hand" if limb in HAND_LIMBS else "foot", path, row)
+        for pid, limb, path, row in template_films(
+            csv, _index_films(test_dir), test_dir, required=TRAINING_COLUMNS
+        )
+    ]
+    return pd.DataFrame(rows, columns=["patient_id", "limb", "kind", "path", "csv_row"])
+
+
+def template_films(csv, films, folder, *, required=(PATIENT_COLUMN,)):
+    """The films a `template.csv` lists, four per patient, in the template's order.
+
+    Args:
+        csv: the template file.
+        films: `{(patient id lower-cased, limb): path}` of the films found in `folder`.
+        folder: where the films were looked for (named in the error).
+        required: columns the template must have.
+
+    Returns:
+        list of `(patient_id, limb, path, csv_row)`.
+
+    Raises:
+        DataError: a missing column, an empty template, or a listed film that is not on disk.
+    """
+    frame = _read_csv_text(csv, required)
     if len(frame) == 0:
         raise DataError("empty template (no patients)", path=csv, row=2)
     ids = _patient_ids(frame, csv)
-    films = _index_films(test_dir)
     rows = []
     for pid, row in zip(ids, frame["_row"], strict=True):
         for limb in LIMBS:
             path = films.get((pid.lower(), limb))
             if path is None:
                 raise DataError(
-                    f"film {pid}-{limb}.jpg listed but not found in {test_dir}",
+                    f"film {pid}-{limb}.jpg listed but not found in {folder}",
                     path=csv,
                     row=int(row),
                     column=PATIENT_COLUMN,
                 )
-            kind = "hand" if limb in HAND_LIMBS else "foot"
-            rows.append((pid, limb, kind, str(path), int(row)))
-    return pd.DataFrame(rows, columns=["patient_id", "limb", "kind", "path", "csv_row"])
+            rows.append((pid, limb, str(path), int(row)))
+    return rows
 
 
 def split_patients(records, *, test_fraction=0.2, val_fraction_of_train=0.1, seed=0):

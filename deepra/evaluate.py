@@ -708,24 +708,8 @@ def evaluate(model, data_dir, out_dir, *, split="test", column_weights=None, ver
 def _template_films(folder):
     """Films of a folder that holds `template.csv`, in the template's patient order."""
     csv = data._child(Path(folder), data.TEMPLATE_CSV)
-    frame = data._read_csv_text(csv, (PATIENT_COLUMN,))
-    if len(frame) == 0:
-        raise DataError("empty template (no patients)", path=csv, row=2)
-    ids = data._patient_ids(frame, csv)
     films = _index_any_films(folder)
-    rows = []
-    for pid, row in zip(ids, frame["_row"], strict=True):
-        for limb in LIMBS:
-            path = films.get((pid.lower(), limb))
-            if path is None:
-                raise DataError(
-                    f"film {pid}-{limb}.jpg listed but not found in {folder}",
-                    path=csv,
-                    row=int(row),
-                    column=PATIENT_COLUMN,
-                )
-            rows.append((pid, limb, str(path)))
-    return rows
+    return [(pid, limb, path) for pid, limb, path, _ in data.template_films(csv, films, folder)]
 
 
 def _prediction_columns(inputs):
