@@ -35,16 +35,14 @@ Reference:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from common import phantoms
+from common.fileio import atomic_write_text
+from common.fileio import csv_text
 
 TRAIN_CSV = "boneage-training-dataset.csv"
 TEST_CSV = "boneage-test-dataset.csv"
@@ -350,29 +348,6 @@ def _draw_side_marker(image, rng):
 # --------------------------------------------------------------------------- writer
 
 
-def _write_text_atomic(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _csv_text(header, rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_phantom_dataset(
     root, *, num_subjects=1200, seed=0, test_fraction=0.05, image_height=256
 ) -> Path:
@@ -459,15 +434,15 @@ def write_phantom_dataset(
         if progress is not None:
             progress.close()
 
-    _write_text_atomic(root / TRAIN_CSV, _csv_text(["id", "boneage", "male"], train_rows))
-    _write_text_atomic(root / TEST_CSV, _csv_text(["Case ID", "Sex"], test_rows))
-    _write_text_atomic(
+    atomic_write_text(root / TRAIN_CSV, csv_text(["id", "boneage", "male"], train_rows))
+    atomic_write_text(root / TEST_CSV, csv_text(["Case ID", "Sex"], test_rows))
+    atomic_write_text(
         root / TRUTH_DIR / "index.csv",
-        _csv_text(["image", "kind", "mask", "x0", "y0", "x1", "y1"], index_rows),
+        csv_text(["image", "kind", "mask", "x0", "y0", "x1", "y1"], index_rows),
     )
-    _write_text_atomic(
+    atomic_write_text(
         root / TRUTH_DIR / "subjects.csv",
-        _csv_text(
+        csv_text(
             [
                 "id",
                 "split",

@@ -26,7 +26,8 @@ from common.errors import DataError
 SUBCOMMANDS = ("synthesize", "inspect", "summary", "train", "evaluate", "predict")
 
 
-def _positive_int(text):
+def positive_int(text):
+    """argparse `type` of a flag that takes a whole number above 0."""
     try:
         value = int(text)
     except ValueError:
@@ -54,7 +55,7 @@ def build_parser(package):
 
     p = sub.add_parser("synthesize", help="write a phantom data set in the real on-disk layout")
     p.add_argument("--out-dir", required=True, help="folder to write the data set into")
-    p.add_argument("--num-subjects", type=_positive_int, default=None, help="subjects to draw")
+    p.add_argument("--num-subjects", type=positive_int, default=None, help="subjects to draw")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = sub.add_parser(
@@ -72,8 +73,8 @@ def build_parser(package):
     p.add_argument("--data-dir", required=True, help="the data set's root or the folder holding it")
     p.add_argument("--out-dir", required=True, help="run folder (model, report, checkpoints)")
     p.add_argument("--preset", default="demo", choices=presets, help="model preset (default demo)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: preset's)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: preset's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")

@@ -5,21 +5,28 @@ A reader never sees a half-written file, and an interrupted write leaves the old
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Writes `data` to `path` atomically (parent folders created); returns the path."""
+def atomic_write_bytes(path, data: bytes, *, durable=True) -> Path:
+    """Writes `data` to `path` atomically (parent folders created); returns the path.
+
+    `durable=False` skips the fsync: still atomic (no reader sees half a file), but a power cut may
+    lose the file. For files that are cheap to write again, such as thousands of phantom images.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -30,6 +37,15 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path, text: str, encoding="utf-8") -> Path:
-    """Writes `text` to `path` atomically; returns the path."""
-    return atomic_write_bytes(path, text.encode(encoding))
+def atomic_write_text(path, text: str, encoding="utf-8", *, durable=True) -> Path:
+    """Writes `text` to `path` atomically (no newline translation); returns the path."""
+    return atomic_write_bytes(path, text.encode(encoding), durable=durable)
+
+
+def csv_text(header, rows) -> str:
+    """A CSV document (`\\n` line ends) from a header and rows, as the standard `csv` module quotes."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

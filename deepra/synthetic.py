@@ -41,8 +41,6 @@ Reference:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -51,6 +49,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from common import phantoms as ph
+from common.fileio import atomic_write_bytes
+from common.fileio import atomic_write_text
 from deepra.columns import EROSION_COLUMNS
 from deepra.columns import FOOT_CLASSES
 from deepra.columns import HAND_CLASSES
@@ -505,36 +505,8 @@ def render_film(limb, scores, rng):
 # Files
 
 
-def _atomic_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _atomic_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def _write_csv(path, frame):
-    return _atomic_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    return atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
 def voc_xml(image_path, shape_hw, boxes, depth=1):
@@ -611,7 +583,7 @@ def write_phantom_dataset(root, *, num_subjects=64, seed=0, num_test_subjects=No
         )
         if split == "train":
             xml = voc_xml(root / rel, image.shape, boxes, depth=3 if rgb else 1)
-            _atomic_text(root / split / f"{pid}-{limb}.xml", xml)
+            atomic_write_text(root / split / f"{pid}-{limb}.xml", xml, durable=False)
         for column, mask in sorted(masks.items()):
             if not mask.any():
                 continue
@@ -642,7 +614,7 @@ def write_phantom_dataset(root, *, num_subjects=64, seed=0, num_test_subjects=No
     _write_csv(root / "test" / "template.csv", template[list(TRAINING_COLUMNS)])
     # macOS AppleDouble companions, as archives packed on a Mac carry them
     for pid in train_ids[:2]:
-        _atomic_bytes(root / "train" / f"._{pid}-LH.jpg", _APPLEDOUBLE)
+        atomic_write_bytes(root / "train" / f"._{pid}-LH.jpg", _APPLEDOUBLE)
     index_columns = ["image", "kind", "column", "score", "mask", "x0", "y0", "x1", "y1"]
     _write_csv(root / TRUTH_DIR / "index.csv", pd.DataFrame(index_rows, columns=index_columns))
     joint_columns = ["image", "column", "score", "gap_px", "x", "y", "ux", "uy"]

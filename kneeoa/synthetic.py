@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -58,6 +56,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import phantoms
+from common.fileio import atomic_write_bytes
 
 LAYOUTS = ("folders", "oai", "both")
 TRUTH_DIR = "_phantom_truth"
@@ -427,8 +426,8 @@ def _write_folders(root, ids, subject_kl, rng):
     # Junk that real archives carry: macOS AppleDouble companions and Finder metadata.
     first = next(iter(sorted((base / "train").glob("*/*.png"))), None)
     if first is not None:
-        _write_bytes(first.with_name(f"._{first.name}"), b"\x00\x05\x16\x07" + bytes(60))
-    _write_bytes(base / ".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(32))
+        atomic_write_bytes(first.with_name(f"._{first.name}"), b"\x00\x05\x16\x07" + bytes(60))
+    atomic_write_bytes(base / ".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(32))
     return truth
 
 
@@ -474,13 +473,13 @@ def _write_oai(root, ids, subject_kl, rng):
             bar.update()
     first = next(iter(sorted(images.glob("*.png"))), None)
     if first is not None:
-        _write_bytes(images / f"._{first.name}", b"\x00\x05\x16\x07" + bytes(60))
+        atomic_write_bytes(images / f"._{first.name}", b"\x00\x05\x16\x07" + bytes(60))
     text = io.StringIO()
     writer = csv.writer(text, delimiter="|", lineterminator="\r\n")
     writer.writerow(KL_FILE_COLUMNS)
     for row in rows:
         writer.writerow(row)
-    _write_bytes(base / KL_FILE_NAME, text.getvalue().encode("ascii"))
+    atomic_write_bytes(base / KL_FILE_NAME, text.getvalue().encode("ascii"))
     return truth
 
 
@@ -497,19 +496,4 @@ def _write_csv(path, columns, rows):
     writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_bytes(path, text.getvalue().encode("utf-8"))
-
-
-def _write_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))

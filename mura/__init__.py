@@ -12,6 +12,7 @@ ensemble=None)`, `predict(model, inputs, out_dir, *, explain=False, ensemble=Non
 """
 
 import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
+from common.cli import positive_int
 from mura import model  # noqa: F401  (registers Keras objects)
 from mura.data import inspect_dataset
 from mura.data import load_records
@@ -27,23 +28,10 @@ from mura.model import explain_model
 from mura.synthetic import write_phantom_dataset
 from mura.train import train
 
-
-def _positive_int(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
-
-
 _ENSEMBLE = (
     ("--ensemble",),
     {
-        "type": _positive_int,
+        "type": positive_int,
         "default": None,
         "metavar": "K",
         "help": "average the run's K best epochs by validation loss (MURA paper: 5; "
@@ -52,7 +40,7 @@ _ENSEMBLE = (
 )
 _BATCH = (
     ("--batch-size",),
-    {"type": _positive_int, "default": 32, "help": "images per forward pass (default 32)"},
+    {"type": positive_int, "default": 32, "help": "images per forward pass (default 32)"},
 )
 
 # Package-specific flags of `python -m mura` (see common.cli).

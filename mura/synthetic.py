@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from common import phantoms as ph
+from common.fileio import atomic_write_bytes
 
 DATASET_DIR = "MURA-v1.1"
 TRUTH_DIR = "_phantom_truth"
@@ -113,13 +112,13 @@ def write_phantom_dataset(root, *, num_subjects=600, seed=0, image_size_range=(1
                     + [rel_mask, x0, y0, x1, y1]
                 )
             if view["junk"]:
-                _write_bytes(root / rel_study / f"._image{j}.png", _appledouble(j))
+                atomic_write_bytes(root / rel_study / f"._image{j}.png", _appledouble(j))
             progress.update(1)
     progress.close()
     for split in ("train", "valid"):
         _write_csv(dataset / f"{split}_image_paths.csv", [[p] for p in image_rows[split]])
         _write_csv(dataset / f"{split}_labeled_studies.csv", study_rows[split])
-    _write_bytes(dataset / ".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(64))
+    atomic_write_bytes(dataset / ".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(64))
     header = ["image", "study", "body_part", "label", "kind", "mask", "x0", "y0", "x1", "y1"]
     _write_csv(root / TRUTH_DIR / "index.csv", truth_rows, header=header)
     return root
@@ -498,26 +497,12 @@ def _write_image(path, img01, rgb):
     ok, encoded = cv2.imencode(".png", bgr)
     if not ok:
         raise ValueError(f"could not encode PNG for {path}")
-    _write_bytes(path, encoded.tobytes())
+    atomic_write_bytes(path, encoded.tobytes(), durable=False)
 
 
 def _appledouble(j):
     """The bytes of a small AppleDouble (`._name`) file, as macOS leaves in zip archives."""
     return APPLEDOUBLE_MAGIC + bytes(8) + f"image{j}.png".encode() + bytes(32)
-
-
-def _write_bytes(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _write_csv(path, rows, header=None):
@@ -526,7 +511,7 @@ def _write_csv(path, rows, header=None):
     if header is not None:
         writer.writerow(header)
     writer.writerows(rows)
-    _write_bytes(path, buffer.getvalue().encode("utf-8"))
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 def _progress(total):

@@ -41,15 +41,13 @@ Reference:
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from common import phantoms
+from common.fileio import atomic_write_text
+from common.fileio import csv_text
 
 TRUTH_DIR = "_phantom_truth"
 LESION_KINDS = (
@@ -419,23 +417,6 @@ def _write_series(path, array_zyx, spacing_xyz, orientation):
     return image
 
 
-def _atomic_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def _csv_text(header, rows):
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_phantom_dataset(
     root,
     *,
@@ -550,13 +531,13 @@ def write_phantom_dataset(
                     disc["modic"],
                 ]
             )
-    _atomic_text(root / "radiological_gradings.csv", _csv_text(GRADING_HEADER, grading_rows))
+    atomic_write_text(root / "radiological_gradings.csv", csv_text(GRADING_HEADER, grading_rows))
     truth_header = ["image", "patient", "ivd_label", "kind", "mask", "mask_value"]
     truth_header += ["x0", "y0", "z0", "x1", "y1", "z1"]
-    _atomic_text(root / TRUTH_DIR / "index.csv", _csv_text(truth_header, truth_rows))
+    atomic_write_text(root / TRUTH_DIR / "index.csv", csv_text(truth_header, truth_rows))
     disc_header = ["patient", "ivd_label", "disc_height_mm", "nucleus_t2", "angle_deg"]
     disc_header += ["pfirrmann", "narrowing", "up_endplate", "low_endplate", "modic"]
-    _atomic_text(root / TRUTH_DIR / "discs.csv", _csv_text(disc_header, disc_rows))
+    atomic_write_text(root / TRUTH_DIR / "discs.csv", csv_text(disc_header, disc_rows))
     return root
 
 
