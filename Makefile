@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test test-fast lint format bench clean \
+.PHONY: venv browser test test-fast lint format bench clean \
 	train-knee train-ra2 train-spine train-boneage train-mura
 
 venv: $(STAMP)
@@ -18,7 +18,15 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# The browser tests (viewer, rendered reports) drive Debian's Chromium through Selenium, and DICOM
+# outputs are checked with dciodvfy (dicom3tools). Installed once, as root, from Debian's packages.
+BROWSER_PKGS := chromium chromium-driver dicom3tools
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v dciodvfy >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS); }
 
 # Two pytest workers on the two cores (tests/conftest.py gives each one TensorFlow thread pool of 1).
 test: venv
