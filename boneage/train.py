@@ -139,6 +139,8 @@ def train(
         seed=seed,
         verbose=verbose,
     )
+    if not trainer.chief:
+        return {}  # in a multi-worker run only the chief evaluates and writes the run's files
     return evaluate_model(
         trainer.model,
         splits["test"],

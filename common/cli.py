@@ -150,6 +150,25 @@ def write_config(run_dir, config, *, echo=True):
         print("Configuration:", json.dumps(config, indent=1, default=str), flush=True)
 
 
+def create_strategy_first(name):
+    """Creates the `--strategy` of `train` before anything else touches TensorFlow's runtime.
+
+    `MultiWorkerMirroredStrategy` configures collective ops, which TensorFlow accepts only before
+    its eager context starts (else "RuntimeError: Collective ops must be configured at program
+    startup"); reading data into `tf.data`, building a model or creating any tensor starts it.
+    So `train` creates the strategy here, first, and hands the object on.
+
+    Args:
+        name: a name of `common.distribute.STRATEGIES`.
+
+    Returns:
+        The `tf.distribute.Strategy`.
+    """
+    from common.distribute import strategy_from_name
+
+    return strategy_from_name(name)
+
+
 def dispatch(package, args):
     """Runs one parsed subcommand against the package API."""
     command = args.command
@@ -171,6 +190,8 @@ def dispatch(package, args):
             model.summary(line_length=110)
         print(json.dumps(summary))
     elif command == "train":
+        # first: before anything reads data or builds a model (see `create_strategy_first`)
+        strategy = create_strategy_first(args.strategy)
         if not os.path.exists(args.data_dir):
             raise DataError("no such folder", path=args.data_dir)
         package.train(
@@ -180,7 +201,7 @@ def dispatch(package, args):
             epochs=args.epochs,
             batch_size=args.batch_size,
             seed=args.seed,
-            strategy=args.strategy,
+            strategy=strategy,
             resume=args.resume,
             weights=args.weights,
             **extras,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import weakref
 
 import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+# strategy -> the `--strategy` name it was made from (for RUN/config.json), see `strategy_name`
+_NAMES = weakref.WeakKeyDictionary()
 
 
 def configure_logical_cpus(count):
@@ -47,6 +50,32 @@ def strategy_from_name(name="auto", *, devices=None):
         raise ValueError(f"Unknown strategy '{name}'. Available: {list(STRATEGIES)}")
     if key == "auto":
         key = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+    strategy = _make_strategy(key, devices)
+    if key != "default":
+        _NAMES[strategy] = key
+    return strategy
+
+
+def strategy_name(strategy):
+    """The `--strategy` name a strategy was made from (`auto` resolved), else its class name.
+
+    Args:
+        strategy: a strategy, or a name (returned as it is).
+
+    Returns:
+        `"default"`, `"mirrored"`, `"multi-worker"` or the strategy's class name.
+    """
+    if isinstance(strategy, str):
+        return strategy
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return "default"
+    try:
+        return _NAMES.get(strategy) or type(strategy).__name__
+    except TypeError:  # not weakly referable
+        return type(strategy).__name__
+
+
+def _make_strategy(key, devices):
     if key == "default":
         return tf.distribute.get_strategy()
     if key == "mirrored":
@@ -68,6 +97,39 @@ def strategy_from_name(name="auto", *, devices=None):
         implementation=tf.distribute.experimental.CommunicationImplementation.RING
     )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def average_across_replicas(variables, strategy):
+    """Sets each float variable to its mean over every replica of `strategy` (all workers).
+
+    Keras 3 creates non-trainable variables, such as BatchNormalization's moving mean and
+    variance, as mirrored variables without aggregation: each replica updates its copy from its
+    own share of the batch, so the copies drift apart (and every worker would save its own). Call
+    it in cross-replica context, on every worker at the same point (it is a collective op).
+
+    Args:
+        variables: Keras variables created under `strategy`'s scope.
+        strategy: the `tf.distribute.Strategy`; nothing is done with one replica.
+    """
+    if strategy.num_replicas_in_sync <= 1:
+        return
+    values = [getattr(v, "value", v) for v in variables]
+    values = [v for v in values if v.dtype.is_floating]
+    if not values:
+        return
+    dtype = values[0].dtype
+    # one flat vector: a single all-reduce per call (and a nested reduce is no list under
+    # MultiWorkerMirroredStrategy: it packs the values into one tensor)
+    local = strategy.run(
+        tf.function(lambda: tf.concat([tf.reshape(tf.cast(v, dtype), [-1]) for v in values], 0))
+    )
+    flat = strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
+    offset = 0
+    for variable in values:
+        size = int(tf.size(variable))
+        part = tf.reshape(flat[offset : offset + size], variable.shape)
+        variable.assign(tf.cast(part, variable.dtype))
+        offset += size
 
 
 def is_chief(strategy=None):

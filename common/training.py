@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from common.distribute import average_across_replicas
 from common.distribute import is_chief
 from common.distribute import worker_dir
 from common.fileio import atomic_write_text
@@ -418,6 +419,8 @@ class Trainer:
                 _set_progbar_target(callback_list, _known_cardinality(dataset))
             callback_list.on_epoch_begin(epoch)
             logs = self._run_epoch(dataset, callback_list, steps_per_epoch)
+            # moving statistics (BatchNormalization) drift apart per replica: keep their mean
+            average_across_replicas(self.model.non_trainable_variables, self.strategy)
             if validation is not None:
                 logs.update(self.evaluate(validation, prefix="val_"))
             logs["lr"] = _to_float(self.optimizer.learning_rate)
@@ -619,11 +622,12 @@ def train_and_export(
     from common.callbacks import best_weights_path
     from common.cli import write_config
     from common.distribute import strategy_from_name
+    from common.distribute import strategy_name as name_of
     from common.export import save_all
 
     out_dir = os.fspath(out_dir)
     check_run_dir(out_dir, resume)
-    strategy_name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    strategy_name = name_of(strategy)
     if isinstance(strategy, str):
         strategy = strategy_from_name(strategy)
     chief = is_chief(strategy)

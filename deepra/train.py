@@ -79,6 +79,7 @@ from common.callbacks import callback_preset
 from common.cli import write_config
 from common.distribute import is_chief
 from common.distribute import strategy_from_name
+from common.distribute import strategy_name as strategy_name_of
 from common.errors import DataError
 from common.export import load_model
 from common.export import save_all
@@ -651,7 +652,7 @@ def train(
     boxes = boxes[boxes["split"].notna()].reset_index(drop=True)
     column_weights = _column_weights(config["column_weights"])
 
-    strategy_name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    strategy_name = strategy_name_of(strategy)
     strategy = strategy_from_name(strategy) if isinstance(strategy, str) else strategy
     chief = is_chief(strategy)
     patients = films.drop_duplicates("patient_id")

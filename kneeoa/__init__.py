@@ -5,8 +5,8 @@ Importing the package registers its Keras objects (the attention module is
 fresh process.
 
 Public API (CONTRACT.md): `PRESETS`, `build_model(preset="paper", *, weights=None, **overrides)`,
-`write_phantom_dataset(root, *, num_subjects=400, seed=0, layout="both")`,
-`inspect_dataset(root)`, `train(data_dir, out_dir, *, preset="demo", ...)`,
+`write_phantom_dataset(root, *, num_subjects=400, seed=0, layout="oai")`,
+`inspect_dataset(root, layout=None)`, `train(data_dir, out_dir, *, preset="demo", ...)`,
 `evaluate(model, data_dir, out_dir)`, `predict(model, inputs, out_dir, *, explain=False,
 bilateral=False)`; and `explain_model`, `logits_model`, `load_records`, `make_dataset`,
 `resolve_config`.
@@ -28,17 +28,30 @@ from kneeoa.synthetic import write_phantom_dataset
 from kneeoa.train import train
 
 # Package-specific flags of `python -m kneeoa` (see common.cli).
+_READ_LAYOUT = (
+    ("--layout",),
+    {
+        "choices": ("folders", "oai", "most", "oai+most"),
+        "default": None,
+        "help": "which data set to read when --data-dir holds several (kneeKL224 folders, OAI, "
+        "MOST or both releases); default: the one there, an error naming them when two",
+    },
+)
 CLI_ARGUMENTS = {
     "synthesize": [
         (
             ("--layout",),
             {
-                "choices": ("folders", "oai", "both"),
-                "default": "both",
-                "help": "kneeKL224 folders, the OAI layout, or both (default)",
+                "choices": ("folders", "oai", "most", "oai+most", "both"),
+                "default": "oai",
+                "help": "kneeKL224 folders, the OAI layout (default), MOST, both releases "
+                "(oai+most), or folders and OAI (both)",
             },
         )
     ],
+    "inspect": [_READ_LAYOUT],
+    "train": [_READ_LAYOUT],
+    "evaluate": [_READ_LAYOUT],
     "predict": [
         (
             ("--bilateral",),

@@ -76,6 +76,15 @@ PA_KNEE_SERIES = "bilateral pa fixed flexion knee"
 # OAI visit code -> the image release's visit folder (`00m`, `OAI_12m`, ...).
 _VISIT_MONTHS = {"00": "00m", "01": "12m", "03": "24m", "05": "36m", "06": "48m", "08": "72m"}
 _VISIT_MONTHS["10"] = "96m"
+# MOST (see `read_most`): the X-ray reading file, the films' list and the one view the paper keeps.
+MOST_READING_STEM = "mostv01235xray"
+MOST_READING_SUFFIXES = (".sas7bdat", ".txt", ".csv")  # the SAS file first, then its exports
+MOST_FILM_LIST = "most_names.csv"
+MOST_VISITS = {0: 0, 1: 15, 2: 30, 3: 60, 5: 84}  # visit code -> months after baseline
+MOST_VIEW = "PA10"
+_MOST_ID = re.compile(r"^(?P<id>M[A-Z]\d{5})", re.IGNORECASE)
+_MOST_VISIT = re.compile(r"^V(?P<visit>\d)", re.IGNORECASE)
+LAYOUTS = ("folders", "oai", "most", "oai+most")
 SPLIT_NAMES = {
     "train": "train",
     "val": "val",
@@ -137,46 +146,112 @@ def _split_dirs(folder):
     return found
 
 
+def _most_file_in(folder):
+    """The MOST reading file in `folder` (`mostv01235xray.sas7bdat`, else its .txt/.csv export)."""
+    found = {}
+    try:
+        for p in Path(folder).iterdir():
+            name = p.name.lower()
+            for rank, suffix in enumerate(MOST_READING_SUFFIXES):
+                if name == MOST_READING_STEM + suffix and p.is_file():
+                    found.setdefault(rank, p)
+    except OSError:
+        pass
+    return found[min(found)] if found else None
+
+
+_LAYOUT_TEXT = {
+    "oai": "the OAI KL file (kXR_SQ_BU00.txt) in {}",
+    "most": "the MOST reading file (mostv01235xray) in {}",
+    "folders": "kneeKL224-style split folders in {}",
+}
+
+
+def find_layouts(root, layout=None):
+    """Every knee layout under `root`: `{kind: folder}` for `oai`, `most` and `folders`.
+
+    Each kind is looked for down to three levels; the shallowest folder of each kind is kept
+    (for split folders, one named `kneeKL224` first).
+
+    Args:
+        root: the data set's folder or a folder holding it.
+        layout: None (all kinds) or one of `LAYOUTS` (only the kinds it names).
+
+    Returns:
+        dict `{kind: pathlib.Path}` (possibly empty).
+    """
+    wanted = {"oai", "most", "folders"} if layout is None else set(layout.split("+"))
+    found = {}
+    folders = []
+    level = [Path(root)]
+    for _ in range(_MAX_DEPTH + 1):
+        for folder in level:
+            if "oai" in wanted and "oai" not in found and _kl_file_in(folder) is not None:
+                found["oai"] = folder
+            if "most" in wanted and "most" not in found and _most_file_in(folder) is not None:
+                found["most"] = folder
+            if "folders" in wanted and "folders" not in found and _split_dirs(folder):
+                folders.append(folder)
+        if folders and "folders" not in found:
+            named = [f for f in folders if f.name.lower() == "kneekl224"]
+            found["folders"] = (named or folders)[0]
+        if wanted <= set(found):
+            break
+        level = [sub for folder in level for sub in _subdirs(folder)]
+    return found
+
+
 def find_dataset(root, layout=None):
     """Finds the data set under `root`: its layout and folder.
 
+    A root holding the kneeKL224-style folders and a release (OAI or MOST) is refused unless
+    `layout` chooses: the two hold different knees, and picking one silently would train on the
+    wrong data. OAI and MOST together are one data set, `oai+most`, as the paper trained on both.
+
     Args:
         root: the data set's folder or a folder holding it (searched three levels deep).
-        layout: None (either: the shallowest, OAI first at the same depth), `"oai"` or
-            `"folders"`.
+        layout: None (whichever `root` holds), `"oai"`, `"most"`, `"oai+most"` or `"folders"`.
 
     Returns:
-        `(layout, folder)`: `("oai", folder holding kXR_SQ_BU00.txt)` or
-        `("folders", folder holding train/val/test)`.
+        `(layout, folder)`: `("oai", folder holding kXR_SQ_BU00.txt)`, `("most", folder holding
+        mostv01235xray.*)`, `("oai+most", root)` or `("folders", folder holding train/val/test)`.
 
     Raises:
-        DataError: `root` is missing or holds no such layout.
+        DataError: `root` is missing, holds no such layout, or holds two (naming both).
     """
-    if layout not in (None, "oai", "folders"):
-        raise ValueError(f"Unknown layout '{layout}'. Available: ['folders', 'oai']")
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout '{layout}'. Available: {list(LAYOUTS)}")
     root = Path(root)
     if not root.is_dir():
         raise DataError("data folder not found", path=root)
-    level = [root]
-    folders = []
-    for _ in range(_MAX_DEPTH + 1):
-        for folder in level:
-            if layout != "folders" and _kl_file_in(folder) is not None:
-                return "oai", folder
-            if layout != "oai" and _split_dirs(folder):
-                folders.append(folder)
-        if folders:
-            break
-        level = [sub for folder in level for sub in _subdirs(folder)]
-    if folders:
-        named = [f for f in folders if f.name.lower() == "kneekl224"]
-        return "folders", (named or folders)[0]
-    wanted = {
-        None: "no kneeKL224-style split folders (train/val/test/<KL>/) and no kXR_SQ_BU00.txt",
-        "oai": "no kXR_SQ_BU00.txt KL file",
-        "folders": "no kneeKL224-style split folders (train/val/test/<KL>/)",
-    }[layout]
-    raise DataError(f"{wanted} found", path=root)
+    found = find_layouts(root, layout)
+    if layout is not None:
+        missing = [k for k in layout.split("+") if k not in found]
+        if missing:
+            wanted = {
+                "oai": "no kXR_SQ_BU00.txt KL file",
+                "most": "no MOST reading file (mostv01235xray.sas7bdat, .txt or .csv)",
+                "folders": "no kneeKL224-style split folders (train/val/test/<KL>/)",
+            }[missing[0]]
+            raise DataError(f"{wanted} found", path=root)
+        return layout, found[layout] if layout in found else root
+    if "folders" in found and len(found) > 1:
+        releases = [k for k in ("oai", "most") if k in found]
+        both = " and ".join(_LAYOUT_TEXT[k].format(found[k]) for k in ("folders", *releases))
+        choices = "|".join(["folders", *releases, *(["oai+most"] if len(releases) == 2 else [])])
+        raise DataError(
+            f"two data sets here: {both}; choose one with --layout {choices}", path=root
+        )
+    if "oai" in found and "most" in found:
+        return "oai+most", root
+    if not found:
+        raise DataError(
+            "no kneeKL224-style split folders (train/val/test/<KL>/), no kXR_SQ_BU00.txt and no "
+            "MOST reading file (mostv01235xray.sas7bdat) found",
+            path=root,
+        )
+    ((kind, folder),) = found.items()
+    return kind, folder
 
 
 # --------------------------------------------------------------------------- kneeKL224 folders
@@ -545,19 +620,325 @@ def read_oai(root, *, readprj=15):
     return records
 
 
-def read_records(root, *, readprj=15):
+# --------------------------------------------------------------------------- MOST
+
+
+def _most_cell_text(value):
+    """A reading file's cell as text: SAS numbers (2.0) as "2", NaN and bytes handled."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, float):
+        if np.isnan(value):
+            return ""
+        return str(int(value)) if value == int(value) else str(value)
+    return str(value).strip().strip('"').strip()
+
+
+def _read_most_table(path):
+    """`(header, rows)` of the reading file: the SAS file through pandas, its exports as text."""
+    path = Path(path)
+    if path.suffix.lower() == ".sas7bdat":
+        try:
+            frame = pd.read_sas(path, format="sas7bdat", encoding="latin-1")
+        except Exception as e:  # pandas raises many types for a broken SAS file
+            raise DataError(f"cannot read the SAS file: {e}", path=path) from None
+        header = [str(c) for c in frame.columns]
+        return header, [[_most_cell_text(v) for v in row] for row in frame.itertuples(index=False)]
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the reading file: {e.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError("empty reading file (no header)", path=path, row=1)
+    first = lines[0]
+    delimiter = "|" if "|" in first else "\t" if "\t" in first else ","
+    import csv
+
+    table = list(csv.reader(lines, delimiter=delimiter))
+    header = [h.strip().strip('"').strip() for h in table[0]]
+    return header, [[_most_cell_text(c) for c in cells] for cells in table[1:]]
+
+
+def read_most_readings(path, *, visit=0):
+    """Reads the MOST X-ray reading file: one row per knee graded at `visit`.
+
+    Args:
+        path: `mostv01235xray.sas7bdat`, or its `.txt` (pipe or tab) / `.csv` export.
+        visit: MOST visit code (0 baseline, 1, 2, 3, 5 = 15, 30, 60, 84 months); its KL columns
+            are `V<visit>XLKL` (left knee) and `V<visit>XRKL` (right knee).
+
+    Returns:
+        `(knees, dropped)`: a DataFrame with `participant_id` (MOSTID), `side` (R/L), `kl` (int)
+        and `row` (data rows from 2, the header being row 1, also for the SAS file), and the
+        number of knees dropped for a missing KL (blank, NaN or a SAS missing code `.`/`.A`).
+
+    Raises:
+        DataError: unreadable file, a missing column, an empty MOSTID, a KL grade outside 0..4,
+            two grades for one knee, no graded knee.
+    """
+    if int(visit) not in MOST_VISITS:
+        raise ValueError(f"Unknown MOST visit {visit}. Available: {sorted(MOST_VISITS)}")
+    path = Path(path)
+    header, rows = _read_most_table(path)
+    index = {}
+    for i, h in enumerate(header):
+        index.setdefault(h.upper(), i)
+    columns = {"R": f"V{int(visit)}XRKL", "L": f"V{int(visit)}XLKL"}
+    for column in ("MOSTID", *columns.values()):
+        if column not in index:
+            shown = "|".join(header[:8]) + ("|..." if len(header) > 8 else "")
+            raise DataError(f"missing column (header: {shown})", path=path, row=1, column=column)
+    knees = {}
+    dropped = 0
+    for number, cells in enumerate(rows, start=2):
+        if not any(cells):
+            continue
+        cells = list(cells) + [""] * (len(header) - len(cells))
+        pid = cells[index["MOSTID"]].upper()
+        if not pid:
+            raise DataError("empty MOSTID", path=path, row=number, column="MOSTID")
+        for side, column in columns.items():
+            value = cells[index[column]]
+            if _is_missing(value):
+                dropped += 1
+                continue
+            kl = _leading_int(value)
+            if kl is None or not 0 <= kl < NUM_KL_GRADES:
+                raise DataError(
+                    f"KL grade '{value}' outside 0..4", path=path, row=number, column=column
+                )
+            key = (pid, side)
+            if key in knees and knees[key][0] != kl:
+                raise DataError(
+                    f"MOSTID {pid} side {side} has two KL grades ({knees[key][0]} in row "
+                    f"{knees[key][1]}, {kl} here)",
+                    path=path,
+                    row=number,
+                    column=column,
+                )
+            knees.setdefault(key, (kl, number))
+    if not knees:
+        raise DataError(
+            f"no knee graded at visit {visit} ({'/'.join(columns.values())} all missing)",
+            path=path,
+        )
+    frame = pd.DataFrame(
+        [
+            {"participant_id": pid, "side": side, "kl": kl, "row": row}
+            for (pid, side), (kl, row) in knees.items()
+        ],
+        columns=["participant_id", "side", "kl", "row"],
+    )
+    return frame.astype({"kl": int, "row": int}), dropped
+
+
+def parse_most_film(parts, known_ids):
+    """Subject, visit and view of one MOST film from its path's parts, or None.
+
+    The layout public readers of the release follow (Oulu's KneeOARSIGrading `most.py` and
+    OAProgression, which read the same `MOST_names.csv`): `<subject folder>/<visit folder>/.../
+    <view>/<film>`, where the subject folder is the MOSTID followed by a 5-character suffix (the
+    readers cut `[:-5]`), the visit folder's second character is the visit code (`V0`, `V1`, ...)
+    and the view is the film's parent folder (`PA05`, `PA10`, `PA15`, lateral, ...).
+
+    Args:
+        parts: the path's parts, relative to the image root.
+        known_ids: upper-case MOSTIDs of the reading file (a folder named by one is accepted
+            with or without the suffix).
+
+    Returns:
+        `(mostid, visit code, view)` (view in upper case), or None when the path is no film of a
+        graded subject.
+    """
+    if len(parts) < 4:
+        return None
+    folder = parts[0].upper()
+    pid = next((c for c in (folder, folder[:-5]) if c in known_ids), None)
+    if pid is None:
+        match = _MOST_ID.match(folder)
+        pid = (
+            match.group("id").upper() if match and match.group("id").upper() in known_ids else None
+        )
+    visit = _MOST_VISIT.match(parts[1])
+    if pid is None or visit is None:
+        return None
+    return pid, int(visit.group("visit")), parts[-2].upper()
+
+
+def _most_films(top, kl_file, known_ids):
+    """`(films, list_file)`: `{(MOSTID, visit, view): [paths]}` from MOST_names.csv or the folders."""
+    films = {}
+    list_file = None
+    scope = kl_file.parent
+    while True:
+        list_file = next(
+            (p for p in sorted(scope.iterdir()) if p.name.lower() == MOST_FILM_LIST), None
+        )
+        if list_file is not None or scope == top or not scope.is_relative_to(top):
+            break
+        scope = scope.parent
+    if list_file is not None:
+        raw = list_file.read_bytes().decode("latin-1")
+        for number, line in enumerate(raw.splitlines(), start=1):
+            entry = line.split(",")[0].strip().strip('"').replace("\\", "/").strip("/")
+            if not entry:
+                continue
+            parts = tuple(p for p in entry.split("/") if p)
+            parsed = parse_most_film(parts, known_ids)
+            if parsed is None or parsed[2] != MOST_VIEW:
+                continue
+            # paths are relative to the list's folder, or to the data root when kept apart
+            path = list_file.parent.joinpath(*parts)
+            if not path.is_file() and top.joinpath(*parts).is_file():
+                path = top.joinpath(*parts)
+            if not path.is_file():
+                raise DataError(
+                    f"listed film not found: {path}", path=list_file, row=number, column=1
+                )
+            films.setdefault(parsed, []).append(path)
+        return films, list_file
+    for path in _all_files(top):
+        parsed = parse_most_film(path.relative_to(top).parts, known_ids)
+        if parsed is None:
+            # the films may sit one or two folders down (e.g. `MOST_images/<subject>/...`)
+            rel = path.relative_to(top).parts
+            parsed = next(
+                (
+                    p
+                    for p in (
+                        parse_most_film(rel[i:], known_ids) for i in range(1, min(3, len(rel)))
+                    )
+                    if p is not None
+                ),
+                None,
+            )
+        if parsed is not None and parsed[2] == MOST_VIEW:
+            films.setdefault(parsed, []).append(path)
+    return films, None
+
+
+def _all_files(folder):
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _skipped(d))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(top) / name
+
+
+def read_most(root, *, visit=0):
+    """Reads the MOST release: the X-ray reading file and the PA10 films of the knees it grades.
+
+    Layout (as MOST distributes it, and as public readers of it document; see
+    `parse_most_film`): `mostv01235xray.sas7bdat` (or its `.txt`/`.csv` export) with `MOSTID`
+    and `V{0,1,2,3,5}X{L,R}KL`; the films as `<MOSTID + 5-char suffix>/V<visit>.../<view>/<film>`
+    (DICOM, any name, with or without suffix; PNG/JPEG exports too), listed one per line in
+    `MOST_names.csv` (no header; paths relative to the list's folder) when the list is there, else
+    found by walking the folders under `root`. Only the posteroanterior 10° view (`PA10`) is kept,
+    as the paper does (Górriz et al. §3.4: bilateral PA films, split in the middle); graded
+    subjects without a PA10 film at that visit are left out and counted in
+    `records.attrs["without_pa10"]` (MOST took PA films at 5°, 10° or 15°).
+
+    Args:
+        root: the folder holding the reading file (or a folder above it) and the films.
+        visit: MOST visit code (default 0, the baseline the paper used).
+
+    Returns:
+        DataFrame of records (module docstring) with `source` `"most"`, both knees of each PA10
+        film (`crop` `left_half` for the right knee, `right_half` for the left).
+
+    Raises:
+        DataError: as `read_most_readings`, a film the list names that is absent (naming the
+            list's row), or no PA10 film for any graded knee.
+    """
+    top = Path(root)
+    _, folder = find_dataset(top, "most")
+    kl_file = _most_file_in(folder)
+    knees, dropped = read_most_readings(kl_file, visit=visit)
+    if not folder.is_relative_to(top):
+        top = folder
+    known = set(knees["participant_id"])
+    films, list_file = _most_films(top, kl_file, known)
+    rows = []
+    without = 0
+    for knee in knees.itertuples(index=False):
+        paths = sorted(films.get((knee.participant_id, int(visit), MOST_VIEW), ()))
+        if not paths:
+            without += 1
+            continue
+        rows.append(
+            {
+                "path": os.fspath(paths[0]),
+                "crop": "left_half" if knee.side == "R" else "right_half",
+                "participant_id": knee.participant_id,
+                "side": knee.side,
+                "kl": knee.kl,
+                "source": "most",
+                "row": knee.row,
+                "split": "",
+            }
+        )
+    if not rows:
+        where = list_file if list_file is not None else top
+        raise DataError(
+            f"no {MOST_VIEW} film at visit V{visit} for any of the {len(knees)} knees graded in "
+            f"{kl_file.name} (films: <MOSTID+suffix>/V{visit}/.../{MOST_VIEW}/<file>)",
+            path=where,
+        )
+    records = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    records = records.astype({"kl": int, "row": int})
+    records = records.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
+    records.attrs.update(
+        {
+            "source": "most",
+            "root": os.fspath(folder),
+            "kl_file": os.fspath(kl_file),
+            "film_list": None if list_file is None else os.fspath(list_file),
+            "visit": int(visit),
+            "dropped_missing_kl": int(dropped),
+            "without_pa10": int(without),
+        }
+    )
+    return records
+
+
+def read_records(root, *, readprj=15, layout=None):
     """Reads whichever layout `root` holds (see `find_dataset`) into records.
 
     Args:
         root: data set folder or a folder above it.
-        readprj: OAI reading project (ignored for folders).
+        readprj: OAI reading project (ignored for folders and MOST).
+        layout: None (whichever `root` holds; two of them is an error) or one of `LAYOUTS`.
 
     Returns:
-        DataFrame of records; `attrs["source"]` is `"oai"` or `"folders"`.
+        DataFrame of records; `attrs["source"]` is `"oai"`, `"most"`, `"oai+most"` or `"folders"`.
     """
-    layout, folder = find_dataset(root)
+    layout, folder = find_dataset(root, layout)
     if layout == "oai":
         return read_oai(root, readprj=readprj)
+    if layout == "most":
+        return read_most(root)
+    if layout == "oai+most":
+        oai = read_oai(root, readprj=readprj)
+        most = read_most(root)
+        records = pd.concat([oai, most], ignore_index=True)
+        records.attrs.update(
+            {
+                "source": "oai+most",
+                "root": os.fspath(root),
+                "oai": dict(oai.attrs),
+                "most": dict(most.attrs),
+                "dropped_missing_kl": oai.attrs["dropped_missing_kl"]
+                + most.attrs["dropped_missing_kl"],
+            }
+        )
+        return records
     return read_kl_folders(folder)
 
 
@@ -592,17 +973,19 @@ def assign_splits(records, *, seed=0, test_fraction=0.3, val_fraction_of_train=0
     return out
 
 
-def load_records(root, *, seed=0, readprj=15, val_fraction_of_train=0.1):
+def load_records(root, *, seed=0, readprj=15, val_fraction_of_train=0.1, layout=None):
     """Reads `root` and gives every record a split, as training needs.
 
-    OAI records get the paper's split (`assign_splits`); folder records keep their folders' split
-    and, when there is no `val` folder, 10% of train (by participant) become `val`.
+    OAI and MOST records (and both together) get the paper's split (`assign_splits`, by
+    participant: no subject in two splits); folder records keep their folders' split and, when
+    there is no `val` folder, 10% of train (by participant) become `val`.
 
     Args:
         root: data set folder or a folder above it.
         seed: seed of any split drawn here.
         readprj: OAI reading project.
         val_fraction_of_train: validation share of train when it is drawn here.
+        layout: None (whichever `root` holds) or one of `LAYOUTS`.
 
     Returns:
         DataFrame of records with `split` set.
@@ -610,9 +993,9 @@ def load_records(root, *, seed=0, readprj=15, val_fraction_of_train=0.1):
     Raises:
         DataError: as the readers, or an empty `train`, `val` or `test` split.
     """
-    records = read_records(root, readprj=readprj)
+    records = read_records(root, readprj=readprj, layout=layout)
     attrs = dict(records.attrs)
-    if attrs["source"] == "oai":
+    if attrs["source"] != "folders":
         records = assign_splits(records, seed=seed, val_fraction_of_train=val_fraction_of_train)
     elif not (records["split"] == "val").any():
         train = records["split"] == "train"
@@ -634,21 +1017,29 @@ def load_records(root, *, seed=0, readprj=15, val_fraction_of_train=0.1):
 # --------------------------------------------------------------------------- inspect
 
 
-def inspect_dataset(root):
+def inspect_dataset(root, layout=None):
     """Summarises a data set as the `inspect` command's JSON (CONTRACT.md).
 
     Args:
         root: data set folder or a folder above it.
+        layout: None (whichever `root` holds; two of them is an error) or one of `LAYOUTS`.
 
     Returns:
-        OAI: `{"source": "oai", "knees": N, "kl_counts": {"0": n, ..., "4": n}}`;
+        OAI or MOST: `{"source": "oai" | "most", "knees": N, "kl_counts": {"0": n, ..., "4": n}}`;
+        both: the same with `"source": "oai+most"` and `"knees_by_source": {"oai": n, "most": n}`;
         folders: `{"source": "folders", "splits": {"train": n, ...}, "kl_counts": {...}}`.
     """
-    records = read_records(root)
+    records = read_records(root, layout=layout)
     counts = records["kl"].value_counts()
     kl_counts = {str(k): int(counts.get(k, 0)) for k in range(NUM_KL_GRADES)}
-    if records.attrs["source"] == "oai":
-        return {"source": "oai", "knees": int(len(records)), "kl_counts": kl_counts}
+    source = records.attrs["source"]
+    if source != "folders":
+        summary = {"source": source, "knees": int(len(records)), "kl_counts": kl_counts}
+        if source == "oai+most":
+            summary["knees_by_source"] = {
+                k: int((records["source"] == k).sum()) for k in ("oai", "most")
+            }
+        return summary
     order = [s for s in ("train", "val", "test", "auto_test") if (records["split"] == s).any()]
     splits = {s: int((records["split"] == s).sum()) for s in order}
     return {"source": "folders", "splits": splits, "kl_counts": kl_counts}

@@ -228,7 +228,7 @@ def evaluate_model(model, records, *, config, out_dir, history_path=None, verbos
     return metrics
 
 
-def evaluate(model, data_dir, out_dir, *, split="test", seed=0, verbose=1):
+def evaluate(model, data_dir, out_dir, *, split="test", seed=0, verbose=1, layout=None):
     """Evaluates a saved `.h5` / `.keras` model on a data set's held-out split.
 
     Args:
@@ -238,11 +238,12 @@ def evaluate(model, data_dir, out_dir, *, split="test", seed=0, verbose=1):
         out_dir: where `metrics.json`, `report.html`, `predictions.csv` go.
         split: which split to evaluate (default `test`, the paper's 30%).
         seed: the split's seed (the one the model was trained with).
+        layout: which data set `data_dir` holds when it holds several (`kneeoa.data.LAYOUTS`).
     """
     model_path = model
     model = load_model(model_path)
     config = model_config(model, model_path)
-    records = load_records(data_dir, seed=int(config.get("seed", seed)))
+    records = load_records(data_dir, seed=int(config.get("seed", seed)), layout=layout)
     records = records[records["split"] == split]
     history = Path(model_path).with_name("history.csv")
     return evaluate_model(

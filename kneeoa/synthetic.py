@@ -31,7 +31,16 @@ Layouts written under `root` (`write_phantom_dataset`):
   Convention (the usual display of a PA film): the LEFT half of the image is the patient's RIGHT
   knee, the right half the LEFT knee, each with its medial side towards the image centre and the
   fibula on the outside.
-- `layout="both"` (default): both of the above.
+- `layout="most"`: the MOST release, `root/MOST/mostv01235xray.csv` (the CSV export of the
+  SAS reading file: `MOSTID`, `V{0,1,2,3,5}X{L,R}KL` with the follow-ups mostly blank and a few
+  baseline knees blank), `root/MOST/MOST_names.csv` (one film path per line, no header) and the
+  films `root/MOST/<MOSTID>_<5-char suffix>/V<visit>/<view>/<film>.dcm`: a bilateral baseline
+  `PA10` film per subject, except every sixth subject, whose only PA film is `PA05` (left out by
+  the reader, as the paper keeps PA10 only); some subjects also have a `V1` PA10 film (a
+  follow-up the baseline reading does not grade). MOSTIDs are `MB`/`MI` and five digits.
+- `layout="oai+most"`: both releases, side by side (the paper's training data).
+- `layout="both"`: the kneeKL224 folders and the OAI layout under one root (reading that root
+  needs `--layout`: two data sets are never mixed silently).
 
 Ground truth, outside the real layouts: `root/_phantom_truth/index.csv` with one row per lesion
 region (`image` path relative to root, `side` R/L, `kl`, `kind` in `joint_space`, `osteophyte`,
@@ -58,12 +67,16 @@ from tqdm import tqdm
 from common import phantoms
 from common.fileio import atomic_write_bytes
 
-LAYOUTS = ("folders", "oai", "both")
+LAYOUTS = ("folders", "oai", "most", "oai+most", "both")
 TRUTH_DIR = "_phantom_truth"
 FOLDERS_DIR = "kneeKL224"
 OAI_DIR = "OAI"
 KL_FILE_NAME = "kXR_SQ_BU00.txt"
 KL_FILE_COLUMNS = ("ID", "SIDE", "READPRJ", "VERSION", "V00XRKL", "V00XRJSM", "V00XRJSL")
+MOST_DIR = "MOST"
+MOST_READING_FILE = "mostv01235xray.csv"  # the reading file's CSV export (pandas writes no SAS)
+MOST_LIST_FILE = "MOST_names.csv"
+MOST_VISIT_CODES = (0, 1, 2, 3, 5)
 FOLDER_KNEE_HW = (224, 224)
 OAI_KNEE_HW = (240, 168)
 TRUTH_COLUMNS = (
@@ -325,16 +338,17 @@ def finish_radiograph(img, rng):
 # --------------------------------------------------------------------------- writers
 
 
-def write_phantom_dataset(root, *, num_subjects=400, seed=0, layout="both"):
-    """Writes phantom knee radiographs in the kneeKL224 and/or OAI layout (see module docstring).
+def write_phantom_dataset(root, *, num_subjects=400, seed=0, layout="oai"):
+    """Writes phantom knee radiographs in the kneeKL224, OAI and/or MOST layout (module docstring).
 
     Args:
-        root: output folder (created). `root/kneeKL224/` and/or `root/OAI/` are written, plus
-            `root/_phantom_truth/`.
+        root: output folder (created). `root/kneeKL224/`, `root/OAI/` and/or `root/MOST/` are
+            written, plus `root/_phantom_truth/`.
         num_subjects: participants; each has two knees (so 2 x num_subjects knee images in each
             layout). The default of 400 is what the `demo` preset trains on.
         seed: random seed; the same seed writes the same files.
-        layout: `"folders"`, `"oai"` or `"both"`.
+        layout: `"oai"` (default), `"folders"`, `"most"`, `"oai+most"` or `"both"` (folders and
+            OAI).
 
     Returns:
         `pathlib.Path` of `root`.
@@ -353,8 +367,10 @@ def write_phantom_dataset(root, *, num_subjects=400, seed=0, layout="both"):
     truth = []
     if layout in ("folders", "both"):
         truth += _write_folders(root, ids, subject_kl, phantoms.rng([seed, 1]))
-    if layout in ("oai", "both"):
+    if layout in ("oai", "both", "oai+most"):
         truth += _write_oai(root, ids, subject_kl, phantoms.rng([seed, 2]))
+    if layout in ("most", "oai+most"):
+        truth += _write_most(root, num_subjects, phantoms.rng([seed, 3]))
     _write_csv(root / TRUTH_DIR / "index.csv", TRUTH_COLUMNS, truth)
     return root
 
@@ -480,6 +496,51 @@ def _write_oai(root, ids, subject_kl, rng):
     for row in rows:
         writer.writerow(row)
     atomic_write_bytes(base / KL_FILE_NAME, text.getvalue().encode("ascii"))
+    return truth
+
+
+def _write_most(root, num_subjects, rng):
+    base = root / MOST_DIR
+    knee_h, knee_w = OAI_KNEE_HW
+    full_shape = (knee_h, 2 * knee_w)
+    numbers = rng.choice(99999, size=num_subjects, replace=False) + 1
+    ids = sorted(f"{'MB' if i % 2 else 'MI'}{n:05d}" for i, n in enumerate(numbers))
+    columns = ["MOSTID"] + [f"V{v}X{s}KL" for v in MOST_VISIT_CODES for s in ("L", "R")]
+    readings, listed, truth = [], [], []
+    with _progress(num_subjects, "MOST phantoms") as bar:
+        for index, pid in enumerate(ids):
+            kl_right, kl_left = sample_kl_pair(rng)
+            right, right_masks, right_info = render_knee(OAI_KNEE_HW, kl_right, rng)
+            left, left_masks, left_info = render_knee(OAI_KNEE_HW, kl_left, rng, mirror=True)
+            film = finish_radiograph(np.concatenate([right, left], axis=1), rng)
+            subject = f"{pid}_{rng.integers(10000):04d}"[: len(pid) + 5]
+            view = "PA05" if index % 6 == 5 else "PA10"
+            rel = f"{subject}/V0/{view}/{index + 1:06d}.dcm"
+            path = phantoms.write_dicom(
+                base / rel, film, monochrome1=index % 3 == 0, bits=12, patient_id=pid
+            )
+            listed.append(rel)
+            row = {c: "" for c in columns}
+            row["MOSTID"] = pid
+            for side, kl, masks, info, offset in (
+                ("R", kl_right, right_masks, right_info, 0),
+                ("L", kl_left, left_masks, left_info, knee_w),
+            ):
+                missing = rng.random() < 0.03
+                row[f"V0X{side}KL"] = "" if missing else str(kl)
+                if not missing and view == "PA10":
+                    truth += _truth_rows(
+                        root, path, side, kl, masks, info, offset_x=offset, full_shape=full_shape
+                    )
+            if index % 4 == 1:  # a 15-month follow-up film, graded in V1 only
+                follow = f"{subject}/V1/PA10/{index + 1:06d}.dcm"
+                phantoms.write_dicom(base / follow, film, bits=12, patient_id=pid)
+                listed.append(follow)
+                row["V1XRKL"], row["V1XLKL"] = str(kl_right), str(kl_left)
+            readings.append(row)
+            bar.update()
+    _write_csv(base / MOST_READING_FILE, columns, readings)
+    atomic_write_bytes(base / MOST_LIST_FILE, ("\n".join(listed) + "\n").encode("ascii"))
     return truth
 
 

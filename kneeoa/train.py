@@ -38,6 +38,7 @@ def train(
     resume=False,
     weights=None,
     verbose=1,
+    layout=None,
     **overrides,
 ):
     """Trains a preset on a data set, then evaluates it on the held-out test split.
@@ -58,6 +59,8 @@ def train(
         resume: continue an interrupted run in `out_dir`.
         weights: a local ImageNet weights file for the VGG-16 / ResNet-50 trunk.
         verbose: 0 quiet, 1 progress.
+        layout: which data set `data_dir` holds when it holds several (`kneeoa.data.LAYOUTS`);
+            None reads the one there (two are an error naming both).
         **overrides: other configuration keys (see `kneeoa.model.resolve_config`).
 
     Returns:
@@ -73,7 +76,7 @@ def train(
         config["epochs"] = int(epochs)
     if batch_size is not None:
         config["batch_size"] = int(batch_size)
-    records = load_records(data_dir, seed=seed)
+    records = load_records(data_dir, seed=seed, layout=layout)
     splits = {name: records[records["split"] == name] for name in ("train", "val", "test")}
     if verbose:
         counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
@@ -108,6 +111,7 @@ def train(
         config={
             **config,
             "data_dir": os.fspath(data_dir),
+            "layout": records.attrs.get("source"),
             "split_counts": {k: len(v) for k, v in splits.items()},
         },
         strategy=strategy,
@@ -124,6 +128,8 @@ def train(
         seed=seed,
         verbose=verbose,
     )
+    if not trainer.chief:
+        return {}  # in a multi-worker run only the chief evaluates and writes the run's files
     return evaluate_model(
         trainer.model,
         splits["test"],

@@ -66,9 +66,17 @@ def test_oai_layout(phantom_root):
     assert list((base / "images").glob("._*"))
 
 
-@pytest.mark.parametrize("sub, source", [("kneeKL224", "folders"), ("OAI", "oai"), ("", "oai")])
-def test_readers_read_the_phantoms(phantom_root, sub, source):
-    summary = inspect_dataset(phantom_root / sub)
+@pytest.mark.parametrize(
+    "sub, layout, source",
+    [
+        ("kneeKL224", None, "folders"),
+        ("OAI", None, "oai"),
+        ("", "oai", "oai"),  # the root holds both: --layout chooses (without it, an error)
+        ("", "folders", "folders"),
+    ],
+)
+def test_readers_read_the_phantoms(phantom_root, sub, layout, source):
+    summary = inspect_dataset(phantom_root / sub, layout=layout)
     assert summary["source"] == source
     truth = _truth(phantom_root)
     joint = truth[truth["kind"] == "joint_space"]
