@@ -206,6 +206,9 @@ def dispatch(package, args):
             weights=args.weights,
             **extras,
         )
+        from common.distribute import wait_for_all_workers
+
+        wait_for_all_workers(strategy)  # the workers leave together, after the chief's files
     elif command == "evaluate":
         package.evaluate(model=args.model, data_dir=args.data_dir, out_dir=args.out_dir, **extras)
     elif command == "predict":

@@ -132,6 +132,24 @@ def average_across_replicas(variables, strategy):
         offset += size
 
 
+def wait_for_all_workers(strategy):
+    """Blocks until every worker of a multi-worker run reaches this call (one small all-reduce).
+
+    The chief evaluates and writes the run's files after training while the other workers have
+    nothing left to do; were they to exit first, the chief's coordination service would see them
+    stop sending heartbeats and fail the run. Call it on every worker; without several workers it
+    returns at once.
+
+    Args:
+        strategy: the run's `tf.distribute.Strategy`.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return
+    ones = strategy.run(tf.function(lambda: tf.ones([1])))
+    strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None).numpy()
+
+
 def is_chief(strategy=None):
     """True for the worker that writes files: the only one, the `chief`, or worker 0 without a chief."""
     strategy = strategy or tf.distribute.get_strategy()

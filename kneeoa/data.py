@@ -1,8 +1,10 @@
 """Readers for the knee-OA data sets' real on-disk layouts, the paper's split and the tf.data pipeline.
 
-Two layouts are read (`find_dataset` tells them apart; `root` may be the data set's folder or a
+Three layouts are read (`find_dataset` tells them apart; `root` may be the data set's folder or a
 folder above it, up to three levels; folders named `_phantom_truth`, `__MACOSX` or starting with a
-dot are never looked into; the shallowest layout wins, and OAI when both are at the same depth):
+dot are never looked into). OAI and MOST under one root are one data set, `oai+most` (the paper
+trained on both); the kneeKL224 folders beside a release are refused with an error naming both,
+unless `layout` (`--layout`) chooses: a root is never read as one of two data sets silently.
 
 - kneeKL224-style folders (Chen et al. 2019, as most public knee-OA data is shared):
   `<root>/{train,val,test,auto_test}/<KL 0-4>/**/*.png` (`validation` is read as `val`; names are
@@ -27,10 +29,18 @@ dot are never looked into; the shallowest layout wins, and OAI when both are at 
   Convention: a PA film is displayed as if facing the patient, so
   the image's LEFT half is the patient's RIGHT knee (`crop="left_half"`) and the right half the
   left knee (`crop="right_half"`). A per-knee image wins over a bilateral one.
+- MOST (Multicenter Osteoarthritis Study): the X-ray reading file `mostv01235xray.sas7bdat`
+  (read with `pandas.read_sas`; its `.txt` (pipe or tab) or `.csv` export too), one row per
+  participant with `MOSTID` and `V{0,1,2,3,5}X{L,R}KL` (visits at 0, 15, 30, 60 and 84 months;
+  baseline `V0` by default, as the paper), and the films as the release is laid out and as public
+  readers of it document (Oulu-IMEDS KneeOARSIGrading `oarsigrading/dataset/metadata/most.py` and
+  OAProgression, which parse the film list `MOST_names.csv`): `<MOSTID + 5-character suffix>/
+  V<visit>.../<view>/<film>`. Only the posteroanterior 10° view (`PA10`) is kept, as the paper
+  does; each film is a bilateral PA film, split like OAI's (see `read_most`).
 
 Records (`read_records`, `load_records`) are a pandas DataFrame, one row per knee:
 `path` (str), `crop` (`full`, `left_half`, `right_half`), `participant_id` (str), `side`
-(`R`, `L` or empty when unknown), `kl` (int 0-4), `source` (`folders` or `oai`), `row` (the KL
+(`R`, `L` or empty when unknown), `kl` (int 0-4), `source` (`folders`, `oai` or `most`), `row` (the KL
 file's row, header = 1; 0 for folders), and `split` (`train`, `val`, `test`, `auto_test`) when the
 layout gives one or after `assign_splits`.
 
@@ -38,7 +48,8 @@ The paper's split (§3.4): 70/30 train/test, 10% of train for validation, strati
 both knees of a participant always in the same split (`common.splits.split_by_group`).
 
 Reference:
-    Górriz et al., MIDL 2019, §3.4 (data, preprocessing, split); OAI kXR_SQ_BU00 (BU KL readings).
+    Górriz et al., MIDL 2019, §3.4 (data, preprocessing, split); OAI kXR_SQ_BU00 (BU KL readings);
+    MOST mostv01235xray (baseline and follow-up X-ray readings).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def _start_workers(package, data_dir, run_dir, tmp_path, tag, *extra):
     return workers
 
 
-def _finish(workers, timeout=240):
+def _finish(workers, timeout=600):
     """Waits for both workers; returns `[(returncode, output, writes under RUN, tmp folder)]`."""
     results = []
     for proc, folder, log in workers:
@@ -160,11 +160,11 @@ def test_kneeoa_two_workers_killed_then_resumed(tmp_path):
     flags = ("--epochs", "3", "--batch-size", "4")
     workers = _start_workers("kneeoa", data, run_dir, tmp_path, "first", *flags)
     state = run_dir / "checkpoints" / "state.json"
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     while not state.exists():
         for proc, folder, _ in workers:
             assert proc.poll() is None, (folder / "output.txt").read_text()[-3000:]
-        assert time.time() < deadline, "no checkpoint after 240 s"
+        assert time.time() < deadline, "no checkpoint after 600 s"
         time.sleep(0.02)
     for proc, _, _ in workers:
         proc.send_signal(signal.SIGKILL)
