@@ -42,6 +42,19 @@ def subprocess_env(**extra):
     return env
 
 
+def free_ports(count):
+    """`count` TCP ports free on localhost right now (for multi-worker `TF_CONFIG`s in tests)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def run_module(module, *args, timeout=600, env=None, cwd=None):
     """Runs `python -m module args...`; returns `(returncode, stdout, stderr)`."""
     proc = subprocess.run(

@@ -353,6 +353,40 @@ def _parse_side(text):
     return None
 
 
+def _add_grade(knees, who, key, value, *, path, row, column):
+    """Adds one knee's KL grade to `knees` (`{(id, side): (kl, row)}`); False when it is missing.
+
+    Raises:
+        DataError: a grade outside 0..4, or another grade for the same knee (naming both rows).
+    """
+    if _is_missing(value):
+        return False
+    kl = _leading_int(value)
+    if kl is None or not 0 <= kl < NUM_KL_GRADES:
+        raise DataError(f"KL grade '{value}' outside 0..4", path=path, row=row, column=column)
+    if key in knees and knees[key][0] != kl:
+        raise DataError(
+            f"{who} side {key[1]} has two KL grades ({knees[key][0]} in row {knees[key][1]}, "
+            f"{kl} here)",
+            path=path,
+            row=row,
+            column=column,
+        )
+    knees.setdefault(key, (kl, row))
+    return True
+
+
+def _knees_frame(knees):
+    frame = pd.DataFrame(
+        [
+            {"participant_id": pid, "side": side, "kl": kl, "row": row}
+            for (pid, side), (kl, row) in knees.items()
+        ],
+        columns=["participant_id", "side", "kl", "row"],
+    )
+    return frame.astype({"kl": int, "row": int})
+
+
 def _is_missing(text):
     value = text.strip()
     return value == "" or value.startswith(".") or value.upper() in ("NA", "NAN")
@@ -430,38 +464,15 @@ def read_kl_file(path, *, readprj=15):
                 row=number,
                 column="SIDE",
             )
-        value = cell(kl_column)
-        if _is_missing(value):
+        where = {"path": path, "row": number, "column": kl_column}
+        if not _add_grade(knees, f"participant {pid}", (pid, side), cell(kl_column), **where):
             dropped += 1
-            continue
-        kl = _leading_int(value)
-        if kl is None or not 0 <= kl < NUM_KL_GRADES:
-            raise DataError(
-                f"KL grade '{value}' outside 0..4", path=path, row=number, column=kl_column
-            )
-        key = (pid, side)
-        if key in knees and knees[key][0] != kl:
-            raise DataError(
-                f"participant {pid} side {side} has two KL grades ({knees[key][0]} in row "
-                f"{knees[key][1]}, {kl} here) in READPRJ {readprj}",
-                path=path,
-                row=number,
-                column=kl_column,
-            )
-        knees.setdefault(key, (kl, number))
     if not knees and not dropped:
         found = sorted(seen_readprj)
         raise DataError(
             f"no rows with READPRJ {readprj} (found {found})", path=path, column="READPRJ"
         )
-    frame = pd.DataFrame(
-        [
-            {"participant_id": pid, "side": side, "kl": kl, "row": row}
-            for (pid, side), (kl, row) in knees.items()
-        ],
-        columns=["participant_id", "side", "kl", "row"],
-    )
-    return frame.astype({"kl": int, "row": int}), dropped
+    return _knees_frame(knees), dropped
 
 
 def _image_index(folder):
@@ -716,38 +727,15 @@ def read_most_readings(path, *, visit=0):
         if not pid:
             raise DataError("empty MOSTID", path=path, row=number, column="MOSTID")
         for side, column in columns.items():
-            value = cells[index[column]]
-            if _is_missing(value):
+            where = {"path": path, "row": number, "column": column}
+            if not _add_grade(knees, f"MOSTID {pid}", (pid, side), cells[index[column]], **where):
                 dropped += 1
-                continue
-            kl = _leading_int(value)
-            if kl is None or not 0 <= kl < NUM_KL_GRADES:
-                raise DataError(
-                    f"KL grade '{value}' outside 0..4", path=path, row=number, column=column
-                )
-            key = (pid, side)
-            if key in knees and knees[key][0] != kl:
-                raise DataError(
-                    f"MOSTID {pid} side {side} has two KL grades ({knees[key][0]} in row "
-                    f"{knees[key][1]}, {kl} here)",
-                    path=path,
-                    row=number,
-                    column=column,
-                )
-            knees.setdefault(key, (kl, number))
     if not knees:
         raise DataError(
             f"no knee graded at visit {visit} ({'/'.join(columns.values())} all missing)",
             path=path,
         )
-    frame = pd.DataFrame(
-        [
-            {"participant_id": pid, "side": side, "kl": kl, "row": row}
-            for (pid, side), (kl, row) in knees.items()
-        ],
-        columns=["participant_id", "side", "kl", "row"],
-    )
-    return frame.astype({"kl": int, "row": int}), dropped
+    return _knees_frame(knees), dropped
 
 
 def parse_most_film(parts, known_ids):

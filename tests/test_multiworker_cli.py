@@ -12,7 +12,6 @@ folder (worker 0's record is the control that the hook sees writes at all).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.testing import free_ports
 from common.testing import subprocess_env
 
 pytestmark = pytest.mark.multiworker
@@ -66,22 +66,12 @@ if _watch and _log:
 """
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start_workers(package, data_dir, run_dir, tmp_path, tag, *extra):
     """README's command on two localhost workers; returns the processes and their folders."""
     hook_dir = tmp_path / "hook"
     hook_dir.mkdir(exist_ok=True)
     (hook_dir / "sitecustomize.py").write_text(AUDIT_HOOK)
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     workers = []
     for index in range(2):
         folder = tmp_path / f"{tag}_worker{index}"
@@ -157,7 +147,7 @@ def test_kneeoa_two_workers_killed_then_resumed(tmp_path):
     data = tmp_path / "knee"
     write_phantom_dataset(data, num_subjects=10, seed=0, layout="oai")
     run_dir = tmp_path / "run"
-    flags = ("--epochs", "3", "--batch-size", "4")
+    flags = ("--epochs", "2", "--batch-size", "4")
     workers = _start_workers("kneeoa", data, run_dir, tmp_path, "first", *flags)
     state = run_dir / "checkpoints" / "state.json"
     deadline = time.time() + 600
@@ -172,7 +162,7 @@ def test_kneeoa_two_workers_killed_then_resumed(tmp_path):
     assert all(rc == -signal.SIGKILL for rc, *_ in first)
     assert first[1][2] == [], f"worker 1 wrote into the run folder: {first[1][2][:5]}"
     done = json.loads(state.read_text())["epoch"] + 1
-    assert 1 <= done < 3, done
+    assert done == 1, done  # killed after the first epoch's checkpoint, before the second's
 
     resumed = _finish(
         _start_workers("kneeoa", data, run_dir, tmp_path, "resumed", *flags, "--resume")
@@ -184,7 +174,7 @@ def test_kneeoa_two_workers_killed_then_resumed(tmp_path):
         if line.startswith("Epoch ")
     ]
     assert epochs and epochs[0] == done + 1, epochs  # continued after the checkpointed epoch
-    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1]
     assert (run_dir / "model.keras").is_file() and (run_dir / "report.html").is_file()
     assert json.loads((run_dir / "config.json").read_text())["resume"] is True
 
@@ -198,9 +188,9 @@ def test_spinenet_two_workers_identical(tmp_path):
     run_dir = tmp_path / "run"
     results = _finish(
         _start_workers(
-            "spinenet", data, run_dir, tmp_path, "spine", "--epochs", "2", "--batch-size", "4"
+            "spinenet", data, run_dir, tmp_path, "spine", "--epochs", "1", "--batch-size", "4"
         )
     )
     _check_identical_workers(results, run_dir)
-    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1]
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0]
     assert (run_dir / "metrics.json").is_file()

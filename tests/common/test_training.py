@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from common.callbacks import callback_preset
+from common.testing import free_ports
 from common.testing import subprocess_env
 from common.training import Trainer
 
@@ -36,14 +36,7 @@ def _weights(path):
     return [data[k] for k in data.files if k.startswith("arr_")], data
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+_free_ports = free_ports
 
 
 def test_mirrored_two_replicas_equals_default_for_same_global_batch(tmp_path):
