@@ -336,6 +336,31 @@ def read_kl_folders(root):
 # --------------------------------------------------------------------------- OAI
 
 
+def _release_records(rows, attrs):
+    """Records of a release (OAI, MOST) from row dicts, sorted by participant and side."""
+    records = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    records = records.astype({"kl": int, "row": int})
+    records = records.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
+    records.attrs.update(attrs)
+    return records
+
+
+def _text_lines(path, what):
+    """The lines of a text table (UTF-8 with or without BOM, else Latin-1); its header must be there."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {what}: {e.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError(f"empty {what} (no header)", path=path, row=1)
+    return lines
+
+
 def _leading_int(text):
     match = _LEADING_INT.match(text)
     return None if match is None else int(float(match.group(1)))
@@ -408,17 +433,7 @@ def read_kl_file(path, *, readprj=15):
             `readprj`, two different grades for one knee.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read KL file: {e.strerror}", path=path) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise DataError("empty KL file (no header)", path=path, row=1)
+    lines = _text_lines(path, "KL file")
     header = [h.strip().strip('"').strip() for h in lines[0].split("|")]
     index = {}
     for i, h in enumerate(header):
@@ -626,10 +641,8 @@ def read_oai(root, *, readprj=15):
                 "split": "",
             }
         )
-    records = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
-    records = records.astype({"kl": int, "row": int})
-    records = records.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
-    records.attrs.update(
+    return _release_records(
+        rows,
         {
             "source": "oai",
             "root": os.fspath(folder),
@@ -637,9 +650,8 @@ def read_oai(root, *, readprj=15):
             "kl_column": kl_column_for(kl_file),
             "readprj": int(readprj),
             "dropped_missing_kl": int(dropped),
-        }
+        },
     )
-    return records
 
 
 # --------------------------------------------------------------------------- MOST
@@ -668,17 +680,7 @@ def _read_most_table(path):
             raise DataError(f"cannot read the SAS file: {e}", path=path) from None
         header = [str(c) for c in frame.columns]
         return header, [[_most_cell_text(v) for v in row] for row in frame.itertuples(index=False)]
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read the reading file: {e.strerror}", path=path) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise DataError("empty reading file (no header)", path=path, row=1)
+    lines = _text_lines(path, "reading file")
     first = lines[0]
     delimiter = "|" if "|" in first else "\t" if "\t" in first else ","
     import csv
@@ -890,10 +892,8 @@ def read_most(root, *, visit=0):
             f"{kl_file.name} (films: <MOSTID+suffix>/V{visit}/.../{MOST_VIEW}/<file>)",
             path=where,
         )
-    records = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
-    records = records.astype({"kl": int, "row": int})
-    records = records.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
-    records.attrs.update(
+    return _release_records(
+        rows,
         {
             "source": "most",
             "root": os.fspath(folder),
@@ -902,9 +902,8 @@ def read_most(root, *, visit=0):
             "visit": int(visit),
             "dropped_missing_kl": int(dropped),
             "without_pa10": int(without),
-        }
+        },
     )
-    return records
 
 
 def read_records(root, *, readprj=15, layout=None):
