@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from common.errors import DataError
 from common.image_io import is_image_file
 from common.image_io import list_images
@@ -66,9 +64,3 @@ def output_path(out_dir, name):
     """`out_dir/name`, creating `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     return os.path.join(os.fspath(out_dir), name)
-
-
-def as_probabilities(array):
-    """float64 copy of a probability array, rows renormalised (guards float32 round-off)."""
-    array = np.asarray(array, dtype=np.float64)
-    return array / np.clip(array.sum(axis=-1, keepdims=True), 1e-12, None)

@@ -18,7 +18,6 @@ Reference:
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import keras
@@ -27,13 +26,10 @@ import pandas as pd
 from keras import ops
 
 __all__ = [
-    "MaskedMeanSquaredError",
     "MaskedSparseCategoricalCrossentropy",
-    "WeightedBinaryCrossentropy",
     "binary_group_weights",
     "binary_sample_weights",
     "class_balanced_weights",
-    "weighted_sum",
 ]
 
 
@@ -204,19 +200,6 @@ def _per_example(values):
     return ops.mean(values, axis=tuple(range(1, len(values.shape))))
 
 
-def _align_targets(y_true, y_pred):
-    """Gives regression/binary targets the rank of the predictions; rank-1 inputs become (B, 1)."""
-    if len(y_pred.shape) == 1:
-        y_pred = ops.expand_dims(y_pred, -1)
-    if len(y_true.shape) == len(y_pred.shape) - 1:
-        y_true = ops.expand_dims(y_true, -1)
-    if len(y_true.shape) != len(y_pred.shape):
-        raise ValueError(
-            f"Targets of shape {y_true.shape} do not match predictions of shape {y_pred.shape}."
-        )
-    return y_true, y_pred
-
-
 @keras.saving.register_keras_serializable(package="common")
 class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     """Sparse categorical cross-entropy weighted by class, with missing labels ignored.
@@ -302,158 +285,3 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             "ignore_label": self.ignore_label,
             "from_logits": self.from_logits,
         }
-
-
-@keras.saving.register_keras_serializable(package="common")
-class WeightedBinaryCrossentropy(keras.losses.Loss):
-    """Binary cross-entropy with one weight on positive (abnormal) and one on negative terms.
-
-    Per element: -(pos_weight * y * log(p) + neg_weight * (1 - y) * log(1 - p)), averaged over the
-    non-batch axes (as Keras' binary cross-entropy averages the last axis). With both weights 1 it
-    equals `keras.losses.binary_crossentropy`. For weights that differ by group (MURA's study types)
-    keep the weights at 1 and pass `binary_sample_weights(...)` as `sample_weight`.
-
-    Args:
-        pos_weight: weight of positive examples (MURA's w1 = N / (A + N)).
-        neg_weight: weight of negative examples (MURA's w0 = A / (A + N)).
-        from_logits: whether `y_pred` are logits rather than probabilities.
-        **kwargs: `name`, `reduction` ("none" for a per-example vector), `dtype`.
-
-    Input shape:
-        y_true (B,) or (B, 1) (or (B, K) multi-label), values in [0, 1]; y_pred the same shape.
-
-    Output shape:
-        (B,) with `reduction="none"`, else a scalar.
-
-    Reference:
-        Rajpurkar et al., MURA, §3 "Model".
-    """
-
-    def __init__(
-        self,
-        pos_weight=1.0,
-        neg_weight=1.0,
-        from_logits=False,
-        name="weighted_binary_crossentropy",
-        **kwargs,
-    ):
-        super().__init__(name=name, **kwargs)
-        for arg, value in (("pos_weight", pos_weight), ("neg_weight", neg_weight)):
-            if not math.isfinite(float(value)) or float(value) < 0:
-                raise ValueError(f"`{arg}` must be finite and non-negative, got {value!r}.")
-        self.pos_weight = float(pos_weight)
-        self.neg_weight = float(neg_weight)
-        self.from_logits = bool(from_logits)
-
-    def call(self, y_true, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
-        y_true, y_pred = _align_targets(y_true, y_pred)
-        # -log(p) and -log(1 - p) through Keras' op, which clips probabilities and uses the logits
-        # of a sigmoid output when it can, exactly as keras.losses.binary_crossentropy does.
-        minus_log_p = ops.binary_crossentropy(ops.ones_like(y_pred), y_pred, self.from_logits)
-        minus_log_q = ops.binary_crossentropy(ops.zeros_like(y_pred), y_pred, self.from_logits)
-        losses = self.pos_weight * y_true * minus_log_p
-        losses = losses + self.neg_weight * (1.0 - y_true) * minus_log_q
-        return _per_example(losses)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "pos_weight": self.pos_weight,
-            "neg_weight": self.neg_weight,
-            "from_logits": self.from_logits,
-        }
-
-
-@keras.saving.register_keras_serializable(package="common")
-class MaskedMeanSquaredError(keras.losses.Loss):
-    """Mean squared error in which missing targets (NaN, or `mask_value`) contribute 0.
-
-    Per example: the sum of squared errors over the labelled entries divided by the number of
-    entries on the non-batch axes, so every labelled entry weighs the same whatever else is missing;
-    with no missing target it equals `keras.losses.mean_squared_error`. The gradient of a missing
-    entry is exactly 0 (never NaN).
-
-    Args:
-        mask_value: the target value that marks a missing label, in addition to NaN; default NaN
-            (None means NaN too).
-        **kwargs: `name`, `reduction` ("none" for a per-example vector), `dtype`.
-
-    Input shape:
-        y_true (B,) or (B, m); y_pred the same shape (or (B, 1) for (B,) targets).
-
-    Output shape:
-        (B,) with `reduction="none"`, else a scalar.
-
-    Reference:
-        DEEPR (paper 001), §4.3.1: MSE loss on joint scores, some of which are missing.
-    """
-
-    def __init__(self, mask_value=float("nan"), name="masked_mean_squared_error", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if mask_value is not None and not isinstance(mask_value, (int, float, np.number)):
-            raise ValueError(f"`mask_value` must be a number or NaN, got {mask_value!r}.")
-        self.mask_value = (
-            float("nan") if mask_value is None or math.isnan(mask_value) else float(mask_value)
-        )
-
-    def call(self, y_true, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), y_pred.dtype)
-        y_true, y_pred = _align_targets(y_true, y_pred)
-        labelled = ops.logical_not(ops.isnan(y_true))
-        if not math.isnan(self.mask_value):
-            labelled = ops.logical_and(
-                labelled, ops.not_equal(y_true, ops.cast(self.mask_value, y_true.dtype))
-            )
-        safe_true = ops.where(labelled, y_true, ops.zeros_like(y_true))
-        squared = ops.where(labelled, ops.square(y_pred - safe_true), ops.zeros_like(y_pred))
-        return _per_example(squared)
-
-    def get_config(self):
-        # NaN is written as None so that the config stays strict JSON.
-        mask_value = None if math.isnan(self.mask_value) else self.mask_value
-        return {**super().get_config(), "mask_value": mask_value}
-
-
-def weighted_sum(losses, weights=None):
-    """Weighted sum of named losses: sum_k weights[k] * losses[k] (missing weights count 1).
-
-    Args:
-        losses: dict {name: loss tensor}; scalars, or per-example vectors of one shape.
-        weights: dict {name: weight}, e.g. {"att0": 1.0, "att1": 0.8}; every name must be a key of
-            `losses`; a loss without a weight gets 1.0 (paper 002's omega_t = 1).
-
-    Returns:
-        tensor of the losses' (broadcast) shape.
-
-    Reference:
-        Gorriz et al. (paper 000), §3.2 multi-loss L = sum_b w_b L_b; SpineNet (paper 002), §2,
-        L = sum_t omega_t L_t.
-    """
-    if not losses:
-        raise ValueError("`losses` is empty: weighted_sum needs at least one loss.")
-    weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(losses), key=str)
-    if unknown:
-        raise ValueError(
-            f"Unknown loss name(s) {unknown} in `weights`. Available: {sorted(losses, key=str)}"
-        )
-    for name, weight in weights.items():
-        if not math.isfinite(float(weight)) or float(weight) < 0:
-            raise ValueError(
-                f"Weight of loss {name!r} must be finite and non-negative, got {weight!r}."
-            )
-    values = {}
-    for name, loss in losses.items():
-        value = ops.convert_to_tensor(loss)
-        if not keras.backend.standardize_dtype(value.dtype).startswith("float"):
-            value = ops.cast(value, keras.backend.floatx())
-        values[name] = value
-    dtype = keras.backend.result_type(*[v.dtype for v in values.values()])
-    total = None
-    for name, value in values.items():
-        term = ops.cast(value, dtype) * ops.cast(float(weights.get(name, 1.0)), dtype)
-        total = term if total is None else total + term
-    return total

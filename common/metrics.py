@@ -352,6 +352,29 @@ def _weighted_rmse_rows(y_true, y_pred, weights):
     return _error_rows(y_true, y_pred, weights, 2)
 
 
+def _mean_average_per_class_accuracy_rows(y_true, y_pred, num_classes):
+    """(n, reducer): per task, the average per-class accuracy over its labelled rows; then the mean."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    reducers = []
+    for t, k in enumerate(num_classes):
+        labelled = y_true[:, t] >= 0
+        if labelled.any():
+            _, reduce_task = _average_per_class_accuracy_rows(
+                y_true[labelled, t], y_pred[labelled, t], num_classes=k
+            )
+            reducers.append((labelled, reduce_task))
+
+    def reduce(counts):
+        if not reducers:
+            return np.full(len(counts), np.nan)
+        values = np.stack([r(counts[:, labelled]) for labelled, r in reducers], axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # every task undefined in a resample
+            return np.nanmean(values, axis=1)
+
+    return y_true.shape[0], reduce
+
+
 def _row_statistics(rows_fn):
     """Marks a metric as computable from row statistics (`rows_fn`), for the vectorised bootstrap."""
 
@@ -371,6 +394,24 @@ def _value(rows):
 # --------------------------------------------------------------------------------------------------
 # Classification
 # --------------------------------------------------------------------------------------------------
+@_row_statistics(_mean_average_per_class_accuracy_rows)
+def mean_average_per_class_accuracy(y_true, y_pred, num_classes):
+    """Mean over tasks of each task's average per-class accuracy, for multi-task labels with gaps.
+
+    Args:
+        y_true: int array (n, tasks) of true classes; -1 where a row has no label for a task.
+        y_pred: int array (n, tasks) of predicted classes.
+        num_classes: sequence of the class count of every task.
+
+    Returns:
+        The mean over the tasks that have at least one label; NaN when none has. `bootstrap_ci`
+        evaluates it for all resamples at once (rows without a label weigh nothing in a task).
+
+    Reference: SpineNet (paper 002) §5 averages the per-class accuracy of its six tasks.
+    """
+    return _value(_mean_average_per_class_accuracy_rows(y_true, y_pred, num_classes))
+
+
 @_row_statistics(_accuracy_rows)
 def accuracy(y_true, y_pred):
     """Fraction of examples whose predicted class equals the true class.

@@ -14,16 +14,15 @@ Reference:
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
-import pandas as pd
 
 from common.metrics import accuracy
 from common.metrics import average_per_class_accuracy
 from common.metrics import bootstrap_ci
 from common.metrics import cohen_kappa
 from common.metrics import confusion_matrix
+from common.metrics import mean_average_per_class_accuracy
 from common.metrics import within_k_accuracy
 
 #: Table 2 of paper 002 (test set, mean and std in %): the intra-rater agreement and SpineNet for
@@ -96,60 +95,6 @@ def _labels(probabilities):
     return {task: np.asarray(p).argmax(axis=1) for task, p in probabilities.items()}
 
 
-def _mean_per_class_accuracy(y_true, y_pred, num_classes):
-    values = []
-    for t, k in enumerate(num_classes):
-        labelled = y_true[:, t] >= 0
-        if labelled.any():
-            values.append(
-                average_per_class_accuracy(y_true[labelled, t], y_pred[labelled, t], num_classes=k)
-            )
-    return float(np.mean(values)) if values else float("nan")
-
-
-def _bootstrap_mean_per_class_accuracy(y_true, y_pred, num_classes, *, n_boot, seed, groups):
-    """95% percentile interval of `_mean_per_class_accuracy`, all resamples at once.
-
-    Rows (or, with `groups`, whole groups: a patient's discs) are drawn with replacement as in
-    `common.metrics.bootstrap_ci`; each resample's per-class hits and supports are weighted sums
-    of the rows, so no Python loop runs per resample.
-    """
-    n = y_true.shape[0]
-    if groups is None:
-        unit_of_row, n_units = np.arange(n), n
-    else:
-        unit_of_row, uniques = pd.factorize(np.asarray(groups))
-        n_units = len(uniques)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_units, size=(n_boot, n_units))
-    unit_counts = np.zeros((n_boot, n_units))
-    np.add.at(unit_counts, (np.repeat(np.arange(n_boot), n_units), draws.ravel()), 1.0)
-    counts = unit_counts[:, unit_of_row]  # (n_boot, n) multiplicity of every row
-    per_task = []
-    for t, k in enumerate(num_classes):
-        labelled = y_true[:, t] >= 0
-        if not labelled.any():
-            continue
-        truth = np.eye(k)[np.where(labelled, y_true[:, t], 0)] * labelled[:, None]
-        hit = truth * (y_pred[:, t] == y_true[:, t])[:, None]
-        support, hits = counts @ truth, counts @ hit
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = np.where(support > 0, hits / support, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_task.append(np.nanmean(recall, axis=1))
-    if not per_task:
-        return [None, None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values = np.nanmean(np.stack(per_task, axis=1), axis=1)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return [None, None]
-    low, high = np.quantile(values, [0.025, 0.975])
-    return [float(low), float(high)]
-
-
 def mean_per_class_accuracy(targets, probabilities) -> float:
     """The mean over tasks of the average per-class accuracy (labelled discs only).
 
@@ -167,7 +112,7 @@ def mean_per_class_accuracy(targets, probabilities) -> float:
     y_all = np.stack([np.asarray(targets[t]).astype(np.int64).ravel() for t in tasks], axis=1)
     p_all = np.stack([predicted[t] for t in tasks], axis=1)
     classes = [int(np.asarray(probabilities[t]).shape[1]) for t in tasks]
-    return _mean_per_class_accuracy(y_all, p_all, classes)
+    return mean_average_per_class_accuracy(y_all, p_all, classes)
 
 
 def _interval(metric_fn, *arrays, n_boot, seed, groups):
@@ -261,10 +206,15 @@ def spinenet_metrics(targets, probabilities, *, n_boot=1000, seed=0, groups=None
                 )
     y_all = np.stack([np.asarray(targets[t]).astype(np.int64) for t in tasks], axis=1)
     p_all = np.stack([predicted[t] for t in tasks], axis=1)
-    out["mean_per_class_accuracy"] = _mean_per_class_accuracy(y_all, p_all, num_classes)
+    out["mean_per_class_accuracy"] = mean_average_per_class_accuracy(y_all, p_all, num_classes)
     if n_boot:
-        out["ci"]["mean_per_class_accuracy"] = _bootstrap_mean_per_class_accuracy(
-            y_all, p_all, num_classes, n_boot=n_boot, seed=seed, groups=groups
+        out["ci"]["mean_per_class_accuracy"] = _interval(
+            functools.partial(mean_average_per_class_accuracy, num_classes=tuple(num_classes)),
+            y_all,
+            p_all,
+            n_boot=n_boot,
+            seed=seed,
+            groups=groups,
         )
     out["paper"] = {
         "table2": {
