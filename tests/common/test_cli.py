@@ -6,6 +6,7 @@ import types
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from common.cli import main
 from common.cli import model_summary
@@ -62,12 +63,15 @@ def test_dispatch_with_defaults_and_extra_flags(tmp_path):
         main(package, ["train", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "r")]) == 0
     )
     name, kwargs = calls[-1]
+    # The CLI creates the tf.distribute strategy itself, before anything touches TensorFlow
+    # (MultiWorkerMirroredStrategy must come first), and hands the package the object.
+    strategy = kwargs.pop("strategy")
+    assert isinstance(strategy, tf.distribute.Strategy)
     assert kwargs == {
         "preset": "demo",
         "epochs": None,
         "batch_size": None,
         "seed": 0,
-        "strategy": "auto",
         "resume": False,
         "weights": None,
     }
