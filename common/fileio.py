@@ -49,3 +49,27 @@ def csv_text(header, rows) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def read_text(path, *, fallback="cp1252", unreadable="not a readable file"):
+    """A text file's contents: UTF-8 (with or without BOM), else `fallback` as older tools save it.
+
+    Args:
+        path: the file.
+        fallback: the encoding tried when the bytes are not UTF-8 (`cp1252` as Excel saves CSVs,
+            `latin-1` for the OAI release's tables); undecodable bytes are replaced.
+        unreadable: the start of the message when the file cannot be read.
+
+    Raises:
+        DataError naming the file when it cannot be read.
+    """
+    from common.errors import DataError
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{unreadable}: {e.strerror or e}", path=path) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode(fallback, errors="replace")

@@ -56,6 +56,7 @@ import tensorflow as tf
 from common.augment import AugmentConfig
 from common.augment import make_volume_dataset
 from common.errors import DataError
+from common.fileio import read_text
 from common.image_io import exif_orientation
 from common.image_io import is_image_file
 from common.image_io import read_image
@@ -183,14 +184,7 @@ def _csv_lines(path):
     """The rows of a CSV file: UTF-8 (with or without BOM), else Windows-1252 as Excel saves it."""
     import csv
 
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"not a readable file: {e.strerror or e}", path=path) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("cp1252", errors="replace")
+    text = read_text(path, fallback="cp1252")
     try:
         return list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as e:

@@ -67,6 +67,7 @@ from common.augment import augment_fn
 from common.augment import equalize_histogram
 from common.augment import resize
 from common.errors import DataError
+from common.fileio import read_text
 from common.image_io import DICOM_SUFFIXES
 from common.image_io import ImageReadError
 from common.image_io import list_images
@@ -347,14 +348,7 @@ def _release_records(rows, attrs):
 
 def _text_lines(path, what):
     """The lines of a text table (UTF-8 with or without BOM, else Latin-1); its header must be there."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {what}: {e.strerror}", path=path) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = read_text(path, fallback="latin-1", unreadable=f"cannot read {what}")
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise DataError(f"empty {what} (no header)", path=path, row=1)
