@@ -69,6 +69,7 @@ from common.augment import resize
 from common.errors import DataError
 from common.image_io import DICOM_SUFFIXES
 from common.image_io import ImageReadError
+from common.image_io import check_image_header
 from common.image_io import list_images
 from common.image_io import read_image
 from common.splits import assign_validation
@@ -1073,6 +1074,7 @@ def check_image_file(path):
         whole = tail.endswith(b"\xff\xd9")
     else:
         whole = False
+    check_image_header(path, head)  # a header claiming too many pixels stops before decoding
     if not whole:
         read_image(path)  # raises ImageReadError naming the file if it is broken
 

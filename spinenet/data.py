@@ -84,6 +84,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
+from common.image_io import read_metaimage
 
 GRADINGS_FILE = "radiological_gradings.csv"
 PLAIN_VOLUMES = "volumes.npy"
@@ -430,19 +431,11 @@ def list_series(folder) -> pd.DataFrame:
 
 
 def _read_mha(path):
-    import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("MetaImageIO")  # by name: SimpleITK would not know `.MHA`
-        reader.SetFileName(str(path))
-        image = reader.Execute()
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise DataError(f"cannot read MetaImage: {reason}", path=path) from None
+    image = read_metaimage(path)  # header and size checked first, no ITK messages
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(
             f"expected a 3-D single-channel series, got {image.GetDimension()}-D with "
