@@ -185,6 +185,11 @@ def create_strategy_first(name):
     return strategy_from_name(name)
 
 
+def parser_prog(package):
+    """`python -m PKG`, the name every message of the command line starts with."""
+    return f"python -m {package.__name__}"
+
+
 def _writes_run_dir(strategy):
     """False on a multi-worker run's non-chief workers (they write nothing into the run folder)."""
     if strategy != "multi-worker":
@@ -215,6 +220,13 @@ def _begin_train(package, args):
         clear_run(args.out_dir)
     elif args.resume:
         clean_orphans(args.out_dir)
+    from common.errors import collect_missing_files
+    from common.verify import missing_report
+
+    with collect_missing_files() as missing:  # every listed file absent: count and first one
+        package.inspect_dataset(args.data_dir)
+    if missing:
+        raise DataError(missing_report(missing, line=True))
 
 
 def _end_train(args):
@@ -239,12 +251,23 @@ def dispatch(package, args):
     elif command == "inspect":
         if not os.path.exists(args.data_dir):
             raise DataError("no such folder", path=args.data_dir)
-        summary = package.inspect_dataset(args.data_dir, **extras)
+        from common.errors import collect_missing_files
         from common.verify import check_dataset_files
+        from common.verify import missing_report
         from common.verify import raise_for_unreadable
 
-        files = check_dataset_files(args.data_dir, verify=args.verify)
+        with collect_missing_files() as missing:
+            summary = package.inspect_dataset(args.data_dir, **extras)
+        files = {
+            **check_dataset_files(args.data_dir, verify=args.verify),
+            **missing_report(missing),
+        }
         print(json.dumps({**summary, **files}, sort_keys=False), flush=True)
+        if missing:
+            print(
+                f"{parser_prog(package)} inspect: warning: {missing_report(missing, line=True)}",
+                file=sys.stderr,
+            )
         raise_for_unreadable(files)
     elif command == "summary":
         model = package.build_model(args.preset, **extras)

@@ -137,8 +137,7 @@ def check_dataset_files(data_dir, *, verify=None, stream=None):
 
     Returns:
         dict: `verified` (bool), `image_files` (count), `unreadable` (count),
-        `unreadable_files` (the first few `"path: reason"` lines), `missing` (count),
-        `missing_files` (first few paths).
+        `unreadable_files` (the first few `"path: reason"` lines).
     """
     files = dataset_image_files(data_dir)
     if verify is None:
@@ -157,15 +156,32 @@ def check_dataset_files(data_dir, *, verify=None, stream=None):
                 failures.append((path, str(error)))
             except OSError as error:
                 failures.append((path, f"{path}: {error.strerror}"))
-    missing = [p for p, _ in failures if not p.exists()]
-    unreadable = [(p, r) for p, r in failures if p.exists()]
+    unreadable = failures
     return {
         "verified": bool(verify),
         "image_files": len(files),
         "unreadable": len(unreadable),
         "unreadable_files": [reason for _, reason in unreadable[:FIRST_PATHS]],
+    }
+
+
+def missing_report(missing, *, line=False):
+    """The `missing` keys of `inspect` from `common.errors.collect_missing_files`, or one line.
+
+    Args:
+        missing: the `(path, DataError)` pairs the readers recorded.
+        line: return the one-line message (count, then the first error: label file, row,
+            column and the absent file) instead of the dict.
+
+    Returns:
+        dict `{"missing": n, "missing_files": [first few paths]}`, or str.
+    """
+    if line:
+        more = f"{len(missing)} listed image files are missing; the first: " if missing else ""
+        return more + (str(missing[0][1]) if missing else "no listed file is missing")
+    return {
         "missing": len(missing),
-        "missing_files": [os.fspath(p) for p in missing[:FIRST_PATHS]],
+        "missing_files": [os.fspath(p) for p, _ in missing[:FIRST_PATHS]],
     }
 
 
