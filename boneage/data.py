@@ -152,6 +152,9 @@ def find_label_files(root):
     base_depth = len(root.parts)
     for folder, dirs, files in os.walk(root):
         depth = len(Path(folder).parts) - base_depth
+        for name in dirs:
+            if not name.startswith(".") and _norm(name) in _CSV_FILES:
+                raise DataError("a folder where the label file should be", path=Path(folder) / name)
         dirs[:] = sorted(_visible_dirs(dirs)) if depth < _SEARCH_DEPTH else []
         for name in files:
             if name.startswith("."):
