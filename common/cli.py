@@ -221,9 +221,14 @@ def _begin_train(package, args):
     elif args.resume:
         clean_orphans(args.out_dir)
     from common.errors import collect_missing_files
+    from common.verify import check_dataset_files
     from common.verify import missing_report
+    from common.verify import raise_for_unreadable
 
-    with collect_missing_files() as missing:  # every listed file absent: count and first one
+    # Before any model is built: every image file's header (size limit, empty files, folders in
+    # place of files), then every listed file absent (the count and the first one).
+    raise_for_unreadable(check_dataset_files(args.data_dir, verify=False))
+    with collect_missing_files() as missing:
         package.inspect_dataset(args.data_dir)
     if missing:
         raise DataError(missing_report(missing, line=True))
@@ -263,12 +268,12 @@ def dispatch(package, args):
             **missing_report(missing),
         }
         print(json.dumps({**summary, **files}, sort_keys=False), flush=True)
+        raise_for_unreadable(files)  # the error, when there is one, is the one line
         if missing:
             print(
                 f"{parser_prog(package)} inspect: warning: {missing_report(missing, line=True)}",
                 file=sys.stderr,
             )
-        raise_for_unreadable(files)
     elif command == "summary":
         model = package.build_model(args.preset, **extras)
         summary = model_summary(model, args.preset)

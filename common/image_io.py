@@ -375,8 +375,34 @@ def read_metaimage(path):
     import SimpleITK as sitk
 
     path = Path(path)
-    _check_file(path)
+    check_metaimage_header(path)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        with _quiet_native_output():
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO("MetaImageIO")  # by name: SimpleITK would not know `.MHA`
+            reader.SetFileName(str(path))
+            return reader.Execute()
+    except RuntimeError as error:
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        reasons = [ln for ln in lines if not ln.startswith(("Exception thrown", "Reason: Success"))]
+        reason = reasons[-1] if reasons else "unreadable"
+        reason = reason.split("): ", 1)[-1]
+        raise ImageReadError(f"cannot read MetaImage: {reason}", path=path) from None
+
+
+def check_metaimage_header(path):
+    """Checks a MetaImage (`.mha`) header without decoding: the fields a reader needs, the claimed
+    size against `max_image_pixels()`, and (uncompressed data) that the file holds all its bytes.
+
+    Args:
+        path: a `.mha` file.
+
+    Raises:
+        ImageReadError: naming the file.
+    """
+    path = Path(path)
+    _check_file(path)
     fields, offset = _metaimage_header(path)
     try:
         dims = [int(v) for v in fields["DimSize"].split()]
@@ -398,18 +424,6 @@ def read_metaimage(path):
                 f"truncated MetaImage: {available} bytes of pixel data, the header needs {expected}",
                 path=path,
             )
-    try:
-        with _quiet_native_output():
-            reader = sitk.ImageFileReader()
-            reader.SetImageIO("MetaImageIO")  # by name: SimpleITK would not know `.MHA`
-            reader.SetFileName(str(path))
-            return reader.Execute()
-    except RuntimeError as error:
-        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-        reasons = [ln for ln in lines if not ln.startswith(("Exception thrown", "Reason: Success"))]
-        reason = reasons[-1] if reasons else "unreadable"
-        reason = reason.split("): ", 1)[-1]
-        raise ImageReadError(f"cannot read MetaImage: {reason}", path=path) from None
 
 
 def _fill_transfer_syntax(ds):

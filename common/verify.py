@@ -15,12 +15,15 @@ from pathlib import Path
 
 from common.cli import VERIFY_DEFAULT_LIMIT  # noqa: F401  (the one default of `--verify`)
 from common.errors import DataError
+from common.image_io import IMAGE_SUFFIXES
 from common.image_io import check_image_header
+from common.image_io import check_metaimage_header
 from common.image_io import list_images
 from common.image_io import read_image
 from common.image_io import read_metaimage
 
 FIRST_PATHS = 5
+_IMAGE_NAMES = (*IMAGE_SUFFIXES, ".mha")
 SKIPPED_FOLDERS = ("_phantom_truth",)
 
 
@@ -44,6 +47,8 @@ def dataset_image_files(data_dir):
         for name in files:
             if not name.startswith(".") and name.lower().endswith(".mha"):
                 found.append(Path(root) / name)
+        # a folder named like an image (`1234.png/`) stands where a file should be
+        found.extend(Path(root) / d for d in dirs if d.lower().endswith(_IMAGE_NAMES))
     found.extend(
         p
         for p in list_images(data_dir)
@@ -85,7 +90,7 @@ class _PlainProgress:
 
     def update(self, count=1):
         self.done += count
-        if self.done >= self.next or self.done == self.total:
+        if self.done >= self.next or (self.done == self.total and self.total >= self.step):
             print(f"verify: {self.done}/{self.total} files", file=self.stream, flush=True)
             self.next = self.done + self.step
 
@@ -148,9 +153,13 @@ def check_dataset_files(data_dir, *, verify=None, stream=None):
         failures = []
         for path in files:
             try:
+                if path.is_dir():
+                    raise DataError("a folder in place of an image file", path=path)
                 if path.stat().st_size == 0:
                     raise DataError("empty file", path=path)
-                if path.suffix.lower() != ".mha":
+                if path.suffix.lower() == ".mha":
+                    check_metaimage_header(path)
+                else:
                     check_image_header(path)
             except DataError as error:
                 failures.append((path, str(error)))
