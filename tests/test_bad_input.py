@@ -14,7 +14,12 @@ import importlib
 import json
 import os
 import shutil
+import signal
+import socket
+import stat
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -447,3 +452,228 @@ def test_boneage_folder_in_place_of_the_label_csv(phantoms, tmp_path, capsys):
     csv.mkdir()
     status, _, err = run_cli("boneage", ["inspect", "--data-dir", str(root)], capsys)
     assert status == 2 and len(err) == 1 and str(csv) in err[0]
+
+
+# ------------------------------------------------------------------------------ one run per folder
+def _dead_pid():
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def _write_lock(run, pid, host=None):
+    run.mkdir(parents=True, exist_ok=True)
+    holder = {"host": host or socket.gethostname(), "pid": pid, "started": "2026-01-01T00:00:00"}
+    (run / ".lock").write_text(json.dumps(holder))
+
+
+def test_second_run_into_a_folder_in_use_exits_2_naming_the_holder(phantoms, tmp_path, capsys):
+    run = tmp_path / "run"
+    _write_lock(run, os.getppid())  # a live process on this host holds the folder
+    argv = ["train", "--data-dir", str(phantoms["mura"]), "--out-dir", str(run)]
+    status, _, err = run_cli("mura", argv, capsys)
+    assert status == 2 and len(err) == 1
+    assert f"pid {os.getppid()} on host {socket.gethostname()}" in err[0] and str(run) in err[0]
+    assert json.loads((run / ".lock").read_text())["pid"] == os.getppid()  # not taken over
+
+
+def test_stale_lock_is_taken_over_and_a_foreign_host_is_not(tmp_path):
+    from common.runlock import RunLockedError
+    from common.runlock import acquire
+    from common.runlock import read_lock
+    from common.runlock import release
+
+    run = tmp_path / "run"
+    _write_lock(run, _dead_pid())  # the holder was killed
+    assert acquire(run) is True and read_lock(run)["pid"] == os.getpid()
+    assert acquire(run) is False  # re-entrant in one process
+    release(run)
+    assert read_lock(run) is None
+    _write_lock(run, _dead_pid(), host="another-host.example")  # cannot tell: never taken over
+    with pytest.raises(RunLockedError, match="another-host.example"):
+        acquire(run)
+
+
+def _orphans(run):
+    """The files a kill leaves: during a checkpoint write and during export."""
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    made = [
+        run / "checkpoints" / "ckpt-0003.tmp.weights.h5",
+        run / "checkpoints" / "ckpt-0003.tmp.npz",
+        run / ".model.tmp12345.h5",
+        run / ".model.tmp12345.keras",
+        run / ".metrics.json.a1b2c3.tmp",
+    ]
+    for path in made:
+        path.write_bytes(b"half")
+    return made
+
+
+def test_resume_cleans_what_a_kill_left(phantoms, tmp_path, capsys):
+    run = tmp_path / "run"
+    made = _orphans(run)
+    keep = [run / "checkpoints" / "ckpt-0002.weights.h5", run / "checkpoints" / "state.json"]
+    for path in keep:
+        path.write_text("{}")
+    root, target = broken_copy(phantoms, "mura", "bomb", tmp_path)  # stops right after clean-up
+    argv = ["train", "--data-dir", str(root), "--out-dir", str(run), "--resume"]
+    status, _, err = run_cli("mura", argv, capsys)
+    assert_one_line_naming(status, err, target)
+    assert not any(path.exists() for path in made)
+    assert all(path.exists() for path in keep)  # the checkpoint the run resumes from stays
+
+
+def test_killed_writer_leaves_an_orphan_that_clean_orphans_removes(tmp_path):
+    """A real SIGKILL in the middle of an atomic write (the writer blocks on a FIFO-fed input)."""
+    from common.runlock import clean_orphans
+
+    run = tmp_path / "run"
+    run.mkdir()
+    script = (
+        "import os, time\n"  # the name common.export gives its temporary model file
+        f"tmp = os.path.join({str(run)!r}, f'.model.tmp{{os.getpid()}}.h5')\n"
+        "fd = os.open(tmp, os.O_CREAT | os.O_WRONLY)\n"
+        "os.write(fd, b'half'); print(tmp, flush=True); time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    orphan = Path(process.stdout.readline().strip())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert orphan.exists()
+    assert os.fspath(orphan) in clean_orphans(run) and not orphan.exists()
+
+
+def test_overwrite_starts_afresh_and_excludes_resume(phantoms, tmp_path, capsys):
+    run = tmp_path / "run"
+    _orphans(run)
+    for name in ("model.h5", "report.html", "metrics.json", "history.csv"):
+        (run / name).write_text("old")
+    (run / "checkpoints" / "state.json").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    argv = ["train", "--data-dir", str(phantoms["mura"]), "--out-dir", str(run)]
+    status, _, err = run_cli("mura", [*argv, "--resume", "--overwrite"], capsys)
+    assert status == 2 and len(err) == 1 and "exclude" in err[0]
+    root, _ = broken_copy(phantoms, "mura", "bomb", tmp_path)
+    argv = ["train", "--data-dir", str(root), "--out-dir", str(run), "--overwrite"]
+    status, _, err = run_cli("mura", argv, capsys)
+    assert status == 2  # the bomb stops it after the folder was cleared
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_run_state_and_the_makefile_continue_or_report(tmp_path):
+    """`make train-*`: a new folder trains, an interrupted run resumes, a finished one reports."""
+    from common.runlock import run_state
+
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "Makefile", work / "Makefile")
+    (work / "setup.cfg").write_text("")
+    (work / "pyproject.toml").write_text("")
+    (work / "data" / "phantoms" / "mura").mkdir(parents=True)
+    stub = work / "py"
+    stub.write_text('#!/bin/sh\necho "RUN $*"\n')
+    stub.chmod(0o755)
+    (work / "stamp").write_text("")
+    os.utime(work / "setup.cfg", (1, 1))
+    os.utime(work / "pyproject.toml", (1, 1))
+
+    def make():
+        argv = ["make", "-s", "-C", str(work), "train-mura", f"PY={stub}", f"STAMP={work}/stamp"]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    run = work / "runs" / "mura"
+    assert run_state(run) == "new"
+    out = make()
+    assert "train" in out and "--resume" not in out
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "state.json").write_text("{}")
+    os.utime(run / "checkpoints" / "state.json", (100, 100))
+    assert run_state(run) == "interrupted"
+    assert "--resume" in make()
+    for name in ("report.html", "metrics.json"):
+        (run / name).write_text("x")
+    assert run_state(run) == "finished"
+    out = make()
+    assert "RUN" not in out and "report.html" in out and "--overwrite" in out
+    assert "make clean" in out
+
+
+# ------------------------------------------------------------------------------ files and models
+@pytest.mark.parametrize("umask", (0o022, 0o077))
+def test_atomic_writes_respect_the_umask(umask, tmp_path):
+    from common.fileio import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        path = atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_safe_mode_refusal_names_the_model_file(tmp_path):
+    import keras
+
+    from common.export import load_model
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    path = tmp_path / "crafted.keras"
+    model.save(path)
+    with pytest.raises(DataError) as caught:
+        load_model(path)
+    assert str(path) in str(caught.value) and "safe mode" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------------------ DICOM details
+def test_dicom_with_file_meta_but_no_transfer_syntax_is_read(tmp_path):
+    import pydicom
+
+    path = tmp_path / "meta_missing_tsyntax.dcm"
+    dicom_without_pixels(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 6, 16, 12, 11
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    pixels = np.arange(24, dtype=np.uint16).reshape(4, 6) * 100
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    del ds.file_meta.TransferSyntaxUID  # as pydicom's meta_missing_tsyntax.dcm
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    assert "TransferSyntaxUID" not in pydicom.dcmread(path).file_meta
+    image = read_image(path)
+    assert image.shape == (4, 6) and image[0, 0] == 0.0 and image[-1, -1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "name", ("MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm")
+)  # JPEG-LS; 12-bit JPEG Extended, which only pylibjpeg-libjpeg (or GDCM) decodes
+def test_compressed_dicom_decodes_with_the_installed_plugins(name):
+    from pydicom.data import get_testdata_file
+
+    image = read_image(get_testdata_file(name))
+    assert image.ndim == 2 and image.std() > 0
+
+
+def test_missing_jpeg_decoder_names_the_plugin_to_install(monkeypatch):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    import common.image_io as image_io
+
+    def no_plugin(self):
+        raise RuntimeError(
+            "Unable to decompress 'JPEG Extended (Process 2 and 4)' pixel data because all "
+            "plugins are missing dependencies:\n\tpylibjpeg - requires pylibjpeg-libjpeg"
+        )
+
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(no_plugin))
+    monkeypatch.setattr(image_io, "_jpeg_plugins_installed", lambda: False)
+    path = get_testdata_file("JPGExtended.dcm")
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert path in message and "pylibjpeg-libjpeg" in message and "gdcm" in message
