@@ -347,7 +347,7 @@ def _metaimage_header(path):
                 break
             text = line.decode("latin-1").strip()
             if "=" not in text:
-                raise ImageReadError("not a MetaImage file (no 'Key = value' header)", path=path)
+                raise ImageReadError("cannot read MetaImage: no 'Key = value' header", path=path)
             key, value = (part.strip() for part in text.split("=", 1))
             fields[key] = value
             if key == "ElementDataFile":
@@ -355,7 +355,7 @@ def _metaimage_header(path):
         offset = f.tell()
     for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
         if key not in fields:
-            raise ImageReadError(f"MetaImage header without {key}", path=path)
+            raise ImageReadError(f"cannot read MetaImage: header without {key}", path=path)
     return fields, offset
 
 
@@ -408,7 +408,7 @@ def check_metaimage_header(path):
         dims = [int(v) for v in fields["DimSize"].split()]
     except ValueError:
         raise ImageReadError(
-            f"MetaImage DimSize {fields['DimSize']!r} is not whole numbers", path=path
+            f"cannot read MetaImage: DimSize {fields['DimSize']!r} is not whole numbers", path=path
         ) from None
     check_pixel_count(path, dims)
     compressed = fields.get("CompressedData", "False").lower() == "true"
@@ -421,7 +421,7 @@ def check_metaimage_header(path):
         available = path.stat().st_size - offset
         if available < expected:
             raise ImageReadError(
-                f"truncated MetaImage: {available} bytes of pixel data, the header needs {expected}",
+                f"cannot read MetaImage: truncated, {available} bytes of pixel data, the header needs {expected}",
                 path=path,
             )
 

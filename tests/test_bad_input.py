@@ -90,6 +90,20 @@ def dicom_without_pixels(path):
     ds.save_as(path, enforce_file_format=True)
 
 
+def dicom_image(path, rows_columns, bits, pixel_bytes):
+    """A DICOM data set (read back from `dicom_without_pixels`) given an image of `rows_columns`."""
+    import pydicom
+
+    dicom_without_pixels(path)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = rows_columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.PixelData = pixel_bytes
+    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+    return ds
+
+
 def break_file(path, case):
     """Breaks `path` in place as a user's broken copy would present it."""
     path = Path(path)
@@ -333,15 +347,9 @@ def test_size_limit_is_set_by_the_environment(tmp_path, monkeypatch):
 
 
 def test_dicom_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path):
-    import pydicom
 
     path = tmp_path / "big.dcm"
-    dicom_without_pixels(path)
-    ds = pydicom.dcmread(path)
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 60000, 60000, 8, 8, 7
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
-    ds.PixelData = b"\0" * 64  # far less than the header claims
-    ds["PixelData"].VR = "OB"
+    ds = dicom_image(path, (60000, 60000), 8, b"\0" * 64)  # far less than the header claims
     ds.save_as(path)
     with pytest.raises(ImageReadError, match=r"60000x60000 = 3,600,000,000 pixels"):
         read_image(path)
@@ -631,13 +639,8 @@ def test_dicom_with_file_meta_but_no_transfer_syntax_is_read(tmp_path):
     import pydicom
 
     path = tmp_path / "meta_missing_tsyntax.dcm"
-    dicom_without_pixels(path)
-    ds = pydicom.dcmread(path)
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 6, 16, 12, 11
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     pixels = np.arange(24, dtype=np.uint16).reshape(4, 6) * 100
-    ds.PixelData = pixels.tobytes()
-    ds["PixelData"].VR = "OW"
+    ds = dicom_image(path, (4, 6), 16, pixels.tobytes())
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
     ds = pydicom.dcmread(path)
