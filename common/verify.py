@@ -23,6 +23,10 @@ from common.image_io import read_image
 from common.image_io import read_metaimage
 
 FIRST_PATHS = 5
+# The keys `inspect` adds to each package's JSON (CONTRACT.md).
+INSPECT_FILE_KEYS = frozenset(
+    {"verified", "image_files", "unreadable", "unreadable_files", "missing", "missing_files"}
+)
 _IMAGE_NAMES = (*IMAGE_SUFFIXES, ".mha")
 SKIPPED_FOLDERS = ("_phantom_truth",)
 
