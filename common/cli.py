@@ -214,11 +214,12 @@ def _begin_train(package, args):
 
     if args.resume and args.overwrite:
         raise DataError("--resume and --overwrite exclude each other", path=args.out_dir)
-    if _writes_run_dir(args.strategy) and acquire(args.out_dir):
+    writer = _writes_run_dir(args.strategy)  # other workers of a multi-worker run touch nothing
+    if writer and acquire(args.out_dir):
         args._release_lock = args.out_dir
-    if args.overwrite:
+    if writer and args.overwrite:
         clear_run(args.out_dir)
-    elif args.resume:
+    elif writer and args.resume:
         clean_orphans(args.out_dir)
     from common.errors import collect_missing_files
     from common.verify import check_dataset_files
