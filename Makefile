@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %d.%d); set PYTHON_BOOT=/path/to/python3.11" % sys.version_info[:2])'
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,jpeg]'
 	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
 
