@@ -20,8 +20,12 @@ import os
 import sys
 import traceback
 
-from common.distribute import STRATEGIES
 from common.errors import DataError
+
+# The names of `--strategy`, as `common.distribute.STRATEGIES` (a test keeps the two equal):
+# building the parser must not import TensorFlow, so `--help` and `--version` stay fast.
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+DISTRIBUTION = "msk-radiology-suite"
 
 SUBCOMMANDS = ("synthesize", "inspect", "summary", "train", "evaluate", "predict")
 VERIFY_DEFAULT_LIMIT = 5000
@@ -45,12 +49,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def suite_version():
+    """The suite's version: the installed distribution's metadata, else `setup.cfg` beside it.
+
+    Returns:
+        A version string such as `"0.1.0"` (`"unknown"` when neither is found). Reads no module
+        of the suite and imports neither TensorFlow nor Keras.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    import configparser
+
+    setup_cfg = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"
+    )
+    config = configparser.ConfigParser()
+    config.read(setup_cfg, encoding="utf-8")
+    return config.get("metadata", "version", fallback="unknown")
+
+
 def build_parser(package):
     """The argparse parser of `python -m PKG` for a package module."""
     name = package.__name__
     presets = sorted(getattr(package, "PRESETS", {}))
     doc = (package.__doc__ or "").strip().splitlines()
     parser = _Parser(prog=f"python -m {name}", description=doc[0] if doc else name)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{DISTRIBUTION} {suite_version()}",
+        help="print the suite's version and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub.required = True
 
