@@ -196,7 +196,6 @@ def run_keras_jax(name, precision, args):
     keras.mixed_precision.set_dtype_policy(
         "mixed_bfloat16" if precision == "bfloat16" else "float32"
     )
-    keras.utils.set_random_seed(0)
     package = importlib.import_module(spec["package"])
     model = package.build_model(spec["preset"])
     batch = spec["batch"]

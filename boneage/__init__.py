@@ -56,10 +56,7 @@ __all__ = [
 ]
 
 
-# The public names below are imported on first use (`common.lazy`): `import boneage` and
-# `python -m boneage --help` import neither TensorFlow nor Keras (`boneage.presets` is plain data;
-# `boneage.model` needs Keras, not TensorFlow). The modules in `keras_modules` register the Keras
-# objects as soon as Keras is imported, so `keras.models.load_model` reads saved boneage models.
+# Public names load on first use (common.lazy): `import boneage` imports neither TensorFlow nor Keras.
 __getattr__, __dir__ = lazy_package(
     __name__,
     {
@@ -77,6 +74,4 @@ __getattr__, __dir__ = lazy_package(
         "write_phantom_dataset": "boneage.synthetic",
         "train": "boneage.train",
     },
-    backend_free=("boneage.model",),
-    keras_modules=("common.layers", "common.losses", "boneage.model"),
 )

@@ -55,7 +55,7 @@ class _LazyPackage(types.ModuleType):
         super().__setattr__(name, value)
 
 
-def lazy_package(package, exports, *, backend_free=(), keras_modules=()):
+def lazy_package(package, exports, *, backend_free=None, keras_modules=None):
     """Makes a package's public names lazy and its Keras objects registered on Keras' import.
 
     Call it at the end of the package's `__init__`: `__getattr__, __dir__ = lazy_package(...)`.
@@ -65,13 +65,19 @@ def lazy_package(package, exports, *, backend_free=(), keras_modules=()):
         exports: public name -> module that defines it (`{"train": "kneeoa.train"}`); a name equal
             to its module's last part and not defined there (`"layers": "common.layers"`) is the
             module itself.
-        backend_free: modules that import Keras but not TensorFlow (`"kneeoa.model"`): imported
-            without TensorFlow unless Keras' backend is TensorFlow.
-        keras_modules: modules whose import registers the package's Keras objects.
+        backend_free: modules that import Keras but not TensorFlow: imported without TensorFlow
+            unless Keras' backend is TensorFlow. Default: `PKG.model` (`PKG/presets.py` is
+            plain data and imports neither).
+        keras_modules: modules whose import registers the package's Keras objects. Default:
+            `common.layers`, `common.losses` and `PKG.model`.
 
     Returns:
         `(__getattr__, __dir__)` for the package's module namespace (PEP 562).
     """
+    if backend_free is None:
+        backend_free = (f"{package}.model",)
+    if keras_modules is None:
+        keras_modules = ("common.layers", "common.losses", f"{package}.model")
     module = sys.modules[package]
     module.__dict__["_lazy_exports"] = dict(exports)
     module.__class__ = _LazyPackage

@@ -113,10 +113,7 @@ __all__ = [
 ]
 
 
-# The public names below are imported on first use (`common.lazy`): `import deepra` and
-# `python -m deepra --help` import neither TensorFlow nor Keras (`deepra.presets` is plain data;
-# `deepra.model` needs Keras, not TensorFlow). The modules in `keras_modules` register the Keras
-# objects as soon as Keras is imported, so `keras.models.load_model` reads saved deepra models.
+# Public names load on first use (common.lazy): `import deepra` imports neither TensorFlow nor Keras.
 __getattr__, __dir__ = lazy_package(
     __name__,
     {
@@ -130,6 +127,4 @@ __getattr__, __dir__ = lazy_package(
         "TRAIN_PRESETS": "deepra.train",
         "train": "deepra.train",
     },
-    backend_free=("deepra.model",),
-    keras_modules=("common.layers", "common.losses", "deepra.model"),
 )

@@ -68,10 +68,7 @@ __all__ = [
 ]
 
 
-# The public names below are imported on first use (`common.lazy`): `import kneeoa` and
-# `python -m kneeoa --help` import neither TensorFlow nor Keras (`kneeoa.presets` is plain data;
-# `kneeoa.model` needs Keras, not TensorFlow). The modules in `keras_modules` register the Keras
-# objects as soon as Keras is imported, so `keras.models.load_model` reads saved kneeoa models.
+# Public names load on first use (common.lazy): `import kneeoa` imports neither TensorFlow nor Keras.
 __getattr__, __dir__ = lazy_package(
     __name__,
     {
@@ -87,6 +84,4 @@ __getattr__, __dir__ = lazy_package(
         "write_phantom_dataset": "kneeoa.synthetic",
         "train": "kneeoa.train",
     },
-    backend_free=("kneeoa.model",),
-    keras_modules=("common.layers", "common.losses", "kneeoa.model"),
 )

@@ -67,10 +67,7 @@ __all__ = [
 ]
 
 
-# The public names below are imported on first use (`common.lazy`): `import mura` and
-# `python -m mura --help` import neither TensorFlow nor Keras (`mura.presets` is plain data;
-# `mura.model` needs Keras, not TensorFlow). The modules in `keras_modules` register the Keras
-# objects as soon as Keras is imported, so `keras.models.load_model` reads saved mura models.
+# Public names load on first use (common.lazy): `import mura` imports neither TensorFlow nor Keras.
 __getattr__, __dir__ = lazy_package(
     __name__,
     {
@@ -87,6 +84,4 @@ __getattr__, __dir__ = lazy_package(
         "write_phantom_dataset": "mura.synthetic",
         "train": "mura.train",
     },
-    backend_free=("mura.model",),
-    keras_modules=("common.layers", "common.losses", "mura.model"),
 )

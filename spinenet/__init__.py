@@ -89,10 +89,7 @@ __all__ = [
 ]
 
 
-# The public names below are imported on first use (`common.lazy`): `import spinenet` and
-# `python -m spinenet --help` import neither TensorFlow nor Keras (`spinenet.presets` is plain data;
-# `spinenet.model` needs Keras, not TensorFlow). The modules in `keras_modules` register the Keras
-# objects as soon as Keras is imported, so `keras.models.load_model` reads saved spinenet models.
+# Public names load on first use (common.lazy): `import spinenet` imports neither TensorFlow nor Keras.
 __getattr__, __dir__ = lazy_package(
     __name__,
     {
@@ -109,6 +106,4 @@ __getattr__, __dir__ = lazy_package(
         "write_phantom_dataset": "spinenet.synthetic",
         "train": "spinenet.train",
     },
-    backend_free=("spinenet.model",),
-    keras_modules=("common.layers", "common.losses", "spinenet.model"),
 )
