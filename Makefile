@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found %d.%d); set PYTHON_BOOT=/path/to/python3.11" % sys.version_info[:2])'
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,jpeg]'
 	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
 
@@ -44,10 +44,24 @@ bench: venv
 	$(PY) -m bench
 
 # --- training entry points: phantoms into data/phantoms/PKG when absent, then the demo preset ---
+# The run folder's state (as common.runlock.run_state reads it) decides: a new folder trains, an
+# interrupted run (a checkpoint, no newer report) continues with --resume, and a finished one (a
+# report newer than its last checkpoint) says where the report is and how to start afresh.
 define train_pkg
 	@test -d data/phantoms/$(1) || $(PY) -m $(1) synthesize --out-dir data/phantoms/$(1) $(2)
-	$(PY) -m $(1) train --data-dir data/phantoms/$(1) --out-dir runs/$(1) --preset demo $(3)
-	@echo "Report: $$(pwd)/runs/$(1)/report.html"
+	@run=runs/$(1); ckpt=$$run/checkpoints/state.json; extra=""; \
+	case " $(3) " in *" --overwrite "*|*" --resume "*) given=1;; *) given=0;; esac; \
+	if [ $$given = 0 ] && [ -f $$run/report.html ] && [ -f $$run/metrics.json ] \
+	    && { [ ! -f $$ckpt ] || [ ! $$ckpt -nt $$run/report.html ]; }; then \
+	  echo "$$run holds a finished run. Report: $$(pwd)/$$run/report.html"; \
+	  echo "To start afresh: make $@ TRAIN_ARGS=--overwrite (or make clean, which removes runs/)"; \
+	  exit 0; \
+	fi; \
+	if [ $$given = 0 ] && [ -f $$ckpt ]; then \
+	  echo "$$run holds an interrupted run: continuing it (--resume)"; extra=--resume; \
+	fi; \
+	$(PY) -m $(1) train --data-dir data/phantoms/$(1) --out-dir $$run --preset demo $$extra $(3) \
+	  && echo "Report: $$(pwd)/$$run/report.html"
 endef
 
 train-knee: venv

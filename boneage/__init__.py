@@ -11,21 +11,8 @@ Public API (CONTRACT.md): `PRESETS`, `build_model(preset="paper", weights=None, 
 `read_records`, `split_records`.
 """
 
-import common  # noqa: F401,I001  (first: quiet TensorFlow import, shared Keras objects)
-from boneage.data import inspect_dataset
-from boneage.data import load_records
-from boneage.data import make_dataset
-from boneage.data import read_records
-from boneage.data import split_records
-from boneage.evaluate import evaluate
-from boneage.evaluate import predict
-from boneage.explain import class_activation_map
-from boneage.model import PRESETS
-from boneage.model import build_model
-from boneage.model import count_params
-from boneage.model import explain_model
-from boneage.synthetic import write_phantom_dataset
-from boneage.train import train
+from boneage.presets import PRESETS
+from common.lazy import lazy_package
 
 # Package-specific flags of `python -m boneage` (see common.cli): the sex input of `predict`.
 CLI_ARGUMENTS = {
@@ -67,3 +54,24 @@ __all__ = [
     "train",
     "write_phantom_dataset",
 ]
+
+
+# Public names load on first use (common.lazy): `import boneage` imports neither TensorFlow nor Keras.
+__getattr__, __dir__ = lazy_package(
+    __name__,
+    {
+        "inspect_dataset": "boneage.data",
+        "load_records": "boneage.data",
+        "make_dataset": "boneage.data",
+        "read_records": "boneage.data",
+        "split_records": "boneage.data",
+        "evaluate": "boneage.evaluate",
+        "predict": "boneage.evaluate",
+        "class_activation_map": "boneage.explain",
+        "build_model": "boneage.model",
+        "count_params": "boneage.model",
+        "explain_model": "boneage.model",
+        "write_phantom_dataset": "boneage.synthetic",
+        "train": "boneage.train",
+    },
+)

@@ -53,6 +53,7 @@ from boneage.xlsx import read_xlsx_rows
 from common.augment import AugmentConfig
 from common.augment import make_image_dataset
 from common.errors import DataError
+from common.errors import missing_listed_file
 from common.image_io import ImageReadError
 from common.image_io import is_image_file
 from common.image_io import read_image
@@ -151,6 +152,9 @@ def find_label_files(root):
     base_depth = len(root.parts)
     for folder, dirs, files in os.walk(root):
         depth = len(Path(folder).parts) - base_depth
+        for name in dirs:
+            if not name.startswith(".") and _norm(name) in _CSV_FILES:
+                raise DataError("a folder where the label file should be", path=Path(folder) / name)
         dirs[:] = sorted(_visible_dirs(dirs)) if depth < _SEARCH_DEPTH else []
         for name in files:
             if name.startswith("."):
@@ -374,14 +378,16 @@ def read_label_csv(csv_path, split, *, source="kaggle", image_folders=None, chec
             )
         path = index.get(_norm(image_id))
         if path is None:
-            raise DataError(
+            error = DataError(
                 f"image '{image_id}' listed but not found under "
                 + ", ".join(str(p) for p in folders),
                 path=csv_path,
                 row=row_number,
                 column=header[id_col],
             )
-        if check_images:
+            path = (Path(folders[0]) if folders else csv_path.parent) / f"{image_id}.png"
+            missing_listed_file(error, path)
+        elif check_images:
             _sniff_image(path, csv_path, row_number, header[id_col])
         records.append(
             {

@@ -33,8 +33,10 @@ from common.errors import DataError
 from common.image_io import DICOM_SUFFIXES
 from common.image_io import RGB_TO_GRAY
 from common.image_io import ImageReadError
+from common.image_io import check_image_header
 from common.image_io import exif_orientation
 from common.image_io import read_image
+from common.image_io import register_pipeline_files
 
 FILL_MODES = ("constant", "reflect", "nearest", "wrap")
 PREPROCESSING = ("equalize",)
@@ -601,7 +603,9 @@ def _scan_image_files(paths):
             head = f.read(132)
             f.seek(max(0, size - 12))
             tail = f.read(12)
+        check_image_header(path, head)  # a header claiming too many pixels stops before decoding
         kinds[i] = _choose_kind(path, head, tail)
+    register_pipeline_files(paths)  # a decoder error inside tf.data is traced back to its file
     return kinds
 
 

@@ -20,10 +20,15 @@ import os
 import sys
 import traceback
 
-from common.distribute import STRATEGIES
 from common.errors import DataError
 
+# The names of `--strategy`, as `common.distribute.STRATEGIES` (a test keeps the two equal):
+# building the parser must not import TensorFlow, so `--help` and `--version` stay fast.
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+DISTRIBUTION = "msk-radiology-suite"
+
 SUBCOMMANDS = ("synthesize", "inspect", "summary", "train", "evaluate", "predict")
+VERIFY_DEFAULT_LIMIT = 5000
 
 
 def positive_int(text):
@@ -44,12 +49,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def suite_version():
+    """The suite's version: the installed distribution's metadata, else `setup.cfg` beside it.
+
+    Returns:
+        A version string such as `"0.1.0"` (`"unknown"` when neither is found). Reads no module
+        of the suite and imports neither TensorFlow nor Keras.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    import configparser
+
+    setup_cfg = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"
+    )
+    config = configparser.ConfigParser()
+    config.read(setup_cfg, encoding="utf-8")
+    return config.get("metadata", "version", fallback="unknown")
+
+
 def build_parser(package):
     """The argparse parser of `python -m PKG` for a package module."""
     name = package.__name__
     presets = sorted(getattr(package, "PRESETS", {}))
     doc = (package.__doc__ or "").strip().splitlines()
     parser = _Parser(prog=f"python -m {name}", description=doc[0] if doc else name)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{DISTRIBUTION} {suite_version()}",
+        help="print the suite's version and exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -62,6 +96,14 @@ def build_parser(package):
         "inspect", help="read a data set in its real layout and print one JSON object"
     )
     p.add_argument("--data-dir", required=True, help="the data set's root or the folder holding it")
+    # --verify / --no-verify: decode every image (default: on below VERIFY_DEFAULT_LIMIT images)
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode every image file and report unreadable and missing ones (default: on when "
+        f"the set has fewer than {VERIFY_DEFAULT_LIMIT:,} images)",
+    )
 
     p = sub.add_parser("summary", help="build a model (no training) and describe it")
     p.add_argument(
@@ -79,6 +121,13 @@ def build_parser(package):
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
     p.add_argument("--weights", default=None, help="local weights file for the backbone")
+    # one run per folder (common.runlock): --overwrite starts afresh in a used folder
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run folder that holds an earlier run (its checkpoints, model and "
+        "report files are removed first)",
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a saved .h5 or .keras model")
     p.add_argument("--model", required=True, help="model file (.h5 or .keras)")
@@ -169,6 +218,68 @@ def create_strategy_first(name):
     return strategy_from_name(name)
 
 
+def parser_prog(package):
+    """`python -m PKG`, the name every message of the command line starts with."""
+    return f"python -m {package.__name__}"
+
+
+def _writes_run_dir(strategy):
+    """False on a multi-worker run's non-chief workers (they write nothing into the run folder)."""
+    if strategy != "multi-worker":
+        return True
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    task = config.get("task") or {}
+    kind, index = task.get("type"), int(task.get("index", 0) or 0)
+    if kind == "chief" or not kind:
+        return True
+    return kind == "worker" and index == 0 and "chief" not in (config.get("cluster") or {})
+
+
+def _begin_train(package, args):
+    """Before `train` reads anything: the folder's lock and the `--overwrite` / `--resume`
+    clean-up (`common.runlock`)."""
+    from common.runlock import acquire
+    from common.runlock import clean_orphans
+    from common.runlock import clear_run
+
+    if args.resume and args.overwrite:
+        raise DataError("--resume and --overwrite exclude each other", path=args.out_dir)
+    writer = _writes_run_dir(args.strategy)  # other workers of a multi-worker run touch nothing
+    if writer and acquire(args.out_dir):
+        args._release_lock = args.out_dir
+    if writer and args.overwrite:
+        clear_run(args.out_dir)
+    elif writer and args.resume:
+        clean_orphans(args.out_dir)
+    from common.errors import collect_missing_files
+    from common.verify import check_dataset_files
+    from common.verify import missing_report
+    from common.verify import raise_for_unreadable
+
+    # Before any model is built: every image file's header (size limit, empty files, folders in
+    # place of files), then every listed file absent (the count and the first one).
+    raise_for_unreadable(check_dataset_files(args.data_dir, verify=False))
+    try:
+        with collect_missing_files() as missing:
+            package.inspect_dataset(args.data_dir)
+    except DataError:
+        missing = []  # another fault in the labels: `train`'s own reading reports it
+    if missing:
+        raise DataError(missing_report(missing, line=True))
+
+
+def _end_train(args):
+    """Releases the run folder's lock that `_begin_train` took (if any)."""
+    folder = getattr(args, "_release_lock", None)
+    if folder is not None:
+        from common.runlock import release
+
+        release(folder)
+
+
 def dispatch(package, args):
     """Runs one parsed subcommand against the package API."""
     command = args.command
@@ -182,7 +293,24 @@ def dispatch(package, args):
     elif command == "inspect":
         if not os.path.exists(args.data_dir):
             raise DataError("no such folder", path=args.data_dir)
-        print(json.dumps(package.inspect_dataset(args.data_dir, **extras), sort_keys=False))
+        from common.errors import collect_missing_files
+        from common.verify import check_dataset_files
+        from common.verify import missing_report
+        from common.verify import raise_for_unreadable
+
+        with collect_missing_files() as missing:
+            summary = package.inspect_dataset(args.data_dir, **extras)
+        files = {
+            **check_dataset_files(args.data_dir, verify=args.verify),
+            **missing_report(missing),
+        }
+        print(json.dumps({**summary, **files}, sort_keys=False), flush=True)
+        raise_for_unreadable(files)  # the error, when there is one, is the one line
+        if missing:
+            print(
+                f"{parser_prog(package)} inspect: warning: {missing_report(missing, line=True)}",
+                file=sys.stderr,
+            )
     elif command == "summary":
         model = package.build_model(args.preset, **extras)
         summary = model_summary(model, args.preset)
@@ -194,6 +322,7 @@ def dispatch(package, args):
         strategy = create_strategy_first(args.strategy)
         if not os.path.exists(args.data_dir):
             raise DataError("no such folder", path=args.data_dir)
+        _begin_train(package, args)
         package.train(
             data_dir=args.data_dir,
             out_dir=args.out_dir,
@@ -222,12 +351,30 @@ def dispatch(package, args):
     return 0
 
 
+def _dispatch_mapping_faults(package, args):
+    """`dispatch`, with a fault that a `tf.data` pipeline raised (TensorFlow wraps the reader's
+    error in an `OpError`) turned back into the one-line `DataError` naming the file."""
+    try:
+        return dispatch(package, args)
+    except (DataError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001  (only data faults are mapped; the rest re-raised)
+        from common.image_io import as_data_error
+
+        mapped = as_data_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from None
+    finally:
+        _end_train(args)
+
+
 def main(package, argv=None):
     """Entry point of `python -m PKG`; returns the exit status."""
     parser = build_parser(package)
     args = parser.parse_args(argv)
     try:
-        return dispatch(package, args)
+        return _dispatch_mapping_faults(package, args)
     except KeyboardInterrupt:
         print(
             f"{parser.prog}: interrupted; files already written are kept (train: rerun with --resume)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 
@@ -37,3 +39,38 @@ class DataError(ValueError):
         prefix = ": ".join(where)
         text = f"{prefix}: {self.reason}" if prefix else self.reason
         super().__init__(" ".join(text.split("\n")))
+
+
+_MISSING_FILES = contextvars.ContextVar("missing_listed_files", default=None)
+
+
+@contextlib.contextmanager
+def collect_missing_files():
+    """Within the block, readers record listed-but-absent files instead of raising at the first.
+
+    `inspect` reports such a data set (labels all there, films absent) with counts and a warning;
+    `train` stops with the count and the first missing file.
+
+    Returns:
+        (as the `with` target) a list that fills with `(path, DataError)` pairs.
+    """
+    found = []
+    token = _MISSING_FILES.set(found)
+    try:
+        yield found
+    finally:
+        _MISSING_FILES.reset(token)
+
+
+def missing_listed_file(error, path):
+    """A reader found a listed file absent: raises `error`, or records it inside
+    `collect_missing_files` (the reader then goes on with the record).
+
+    Args:
+        error: the `DataError` naming the label file, row and column.
+        path: the absent file.
+    """
+    found = _MISSING_FILES.get()
+    if found is None:
+        raise error
+    found.append((os.fspath(path), error))

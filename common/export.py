@@ -96,9 +96,27 @@ def load_model(path, *, custom_objects=None, compile=False, safe_mode=True):
             # keras-hub tasks (the RetinaNet detector) compile themselves when rebuilt, with a fresh
             # optimizer that cannot take the saved one's slots; without `compile` they are unused.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        return keras.models.load_model(
-            path, custom_objects=objects, compile=compile, safe_mode=safe_mode
-        )
+        try:
+            return keras.models.load_model(
+                path, custom_objects=objects, compile=compile, safe_mode=safe_mode
+            )
+        except ValueError as error:
+            _raise_naming_model(path, error)
+            raise
+
+
+def _raise_naming_model(path, error):
+    """Keras' safe-mode refusal does not name the file: a one-line `DataError` that does."""
+    from common.errors import DataError
+
+    text = str(error)
+    if "safe_mode" in text or "safe mode" in text:
+        first = " ".join(text.split())[:300]
+        raise DataError(
+            f"refused to load the model: Keras safe mode does not run code stored in a model "
+            f"file (e.g. a Lambda layer) ({first})",
+            path=path,
+        ) from None
 
 
 def export_saved_model(model, directory):

@@ -1,6 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, flushed, then renamed over the target.
 
 A reader never sees a half-written file, and an interrupted write leaves the old file in place.
+Files get the mode an ordinary `open(path, "w")` would give them (0666 less the umask), not the
+0600 of the temporary file.
 """
 
 from __future__ import annotations
@@ -9,7 +11,25 @@ import csv
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc on Linux, else set and restored under a lock)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes, *, durable=True) -> Path:
@@ -22,6 +42,7 @@ def atomic_write_bytes(path, data: bytes, *, durable=True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if durable:

@@ -11,14 +11,23 @@ Window Center/Width with the VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID), 
 is inverted so that bone is bright. Without any VOI transform the modality values are min-max scaled.
 Multi-frame files give their first frame.
 
+Size limit: no reader decodes an image whose header claims more than `max_image_pixels()` pixels
+(voxels for a volume; default 100,000,000, set with the environment variable
+`MSK_MAX_IMAGE_PIXELS`). The header is checked before decoding, and the error names the file and
+the claimed size, so a decompression bomb (a small file that claims 100000x100000 pixels) stops
+with one line instead of exhausting memory.
+
 Reference:
     DICOM PS3.3 C.11.1 (Modality LUT), C.11.2 (VOI LUT), C.7.6.3.1.2 (Photometric Interpretation).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -35,6 +44,13 @@ RGB_TO_GRAY = (0.299, 0.587, 0.114)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _EXIF_ORIENTATION_TAG = 0x0112
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "MSK_MAX_IMAGE_PIXELS"
+# Plugins that decode compressed DICOM pixel data, by transfer syntax family (PS3.5 A.4).
+_DICOM_DECODER_HINT = (
+    "install pylibjpeg and pylibjpeg-libjpeg (JPEG, JPEG-LS), pylibjpeg-openjpeg (JPEG 2000) "
+    "or python-gdcm"
+)
 
 
 class ImageReadError(DataError):
@@ -44,6 +60,370 @@ class ImageReadError(DataError):
         message: what is wrong.
         path: the file at fault; the message starts with it.
     """
+
+
+def max_image_pixels():
+    """The largest image any reader decodes, in pixels (voxels for a volume).
+
+    Returns:
+        int: `MSK_MAX_IMAGE_PIXELS` from the environment when set (a positive whole number), else
+        `DEFAULT_MAX_IMAGE_PIXELS` (100,000,000).
+
+    Raises:
+        DataError: the environment variable is not a positive whole number.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise DataError(f"{MAX_PIXELS_ENV}={text!r} is not a positive whole number")
+    return value
+
+
+def check_pixel_count(path, size):
+    """Refuses an image whose header claims more pixels than `max_image_pixels()`.
+
+    Args:
+        path: the file (named in the error).
+        size: the claimed dimensions, e.g. `(width, height)` or `(x, y, z)`.
+
+    Raises:
+        ImageReadError: the product of `size` is above the limit; the message names the claimed
+            size and the limit.
+    """
+    dims = [int(v) for v in size]
+    count = 1
+    for d in dims:
+        count *= max(d, 0)
+    limit = max_image_pixels()
+    if count > limit:
+        claimed = "x".join(str(d) for d in dims)
+        raise ImageReadError(
+            f"header claims {claimed} = {count:,} pixels, above the limit of {limit:,} "
+            f"(set {MAX_PIXELS_ENV} to raise it)",
+            path=path,
+        )
+
+
+def _jpeg_size(path):
+    """(width, height) from a JPEG's first SOF marker, or None when none is found."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+        while True:
+            byte = f.read(1)
+            while byte and byte != b"\xff":
+                byte = f.read(1)
+            while byte == b"\xff":
+                byte = f.read(1)
+            if not byte:
+                return None
+            marker = byte[0]
+            if marker in (0x01, *range(0xD0, 0xD9)):
+                continue
+            length_bytes = f.read(2)
+            if len(length_bytes) < 2:
+                return None
+            length = int.from_bytes(length_bytes, "big")
+            if marker in (
+                *range(0xC0, 0xC4),
+                *range(0xC5, 0xC8),
+                *range(0xC9, 0xCC),
+                0xCD,
+                0xCE,
+                0xCF,
+            ):
+                sof = f.read(5)
+                if len(sof) < 5:
+                    return None
+                return int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big")
+            if marker == 0xDA or length < 2:
+                return None
+            f.seek(length - 2, os.SEEK_CUR)
+
+
+def check_image_header(path, head=None):
+    """Checks the size a PNG, JPEG or DICOM header claims, before anything is decoded.
+
+    Args:
+        path: an existing image file.
+        head: its first 132 bytes, when already read.
+
+    Raises:
+        ImageReadError: the claimed size is above `max_image_pixels()` (or a DICOM header is
+            unreadable).
+    """
+    path = Path(path)
+    head = _head(path) if head is None else head
+    if _is_dicom_head(path, head):
+        _dicom_header_size(path)
+    elif head.startswith(_PNG_SIGNATURE) and len(head) >= 24:
+        check_pixel_count(
+            path, (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+        )
+    elif head.startswith(_JPEG_SIGNATURE):
+        size = _jpeg_size(path)
+        if size is not None:
+            check_pixel_count(path, size)
+
+
+def _dicom_header_size(path):
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path,
+                stop_before_pixels=True,
+                force=True,
+                specific_tags=["Rows", "Columns", "NumberOfFrames"],
+            )
+            rows = int(ds.get("Rows", 0) or 0)
+            columns = int(ds.get("Columns", 0) or 0)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as e:  # noqa: BLE001  (pydicom raises many types for broken headers)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageReadError(f"unreadable DICOM header ({reason})", path=path) from None
+    check_pixel_count(path, (columns, rows, frames) if frames > 1 else (columns, rows))
+
+
+# ---------------------------------------------------------------- faults inside tf.data pipelines
+# tf.data runs the readers in its own threads and wraps what they raise in an `OpError` whose
+# message holds the Python traceback. The readers record each fault here, and `as_data_error`
+# maps such an `OpError` back to the one-line `DataError` that names the file.
+_FAULT_LOCK = threading.Lock()
+_RECENT_FAULTS = collections.deque(maxlen=64)
+_PIPELINE_FILES = collections.deque(maxlen=8)
+
+
+def _record_fault(error):
+    with _FAULT_LOCK:
+        _RECENT_FAULTS.append(error)
+
+
+def register_pipeline_files(paths):
+    """Remembers the files a `tf.data` pipeline decodes with TensorFlow's own decoders.
+
+    When such a decoder fails (its error names no file), `as_data_error` looks for the culprit among
+    the files registered here.
+
+    Args:
+        paths: the image files of one pipeline.
+    """
+    with _FAULT_LOCK:
+        _PIPELINE_FILES.append(tuple(os.fspath(p) for p in paths))
+
+
+_DECODER_MESSAGES = (
+    "Invalid PNG data",
+    "Invalid JPEG data",
+    "jpeg::Uncompress",
+    "Unknown image file format",
+    "Input is empty",
+    "PNG",
+    "JPEG",
+)
+
+
+def _is_tf_error(exc):
+    return any(
+        cls.__name__ == "OpError" and cls.__module__.startswith("tensorflow")
+        for cls in type(exc).__mro__
+    )
+
+
+def _decodes_with_tf(path):
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+    except tf.errors.OpError as e:
+        reason = " ".join(str(e.message).split())[:200]
+        raise ImageReadError(f"unreadable or truncated image ({reason})", path=path) from None
+
+
+def as_data_error(exc):
+    """The one-line `DataError` behind an exception a data pipeline raised, or None.
+
+    A `DataError` is returned as it is. A TensorFlow `OpError` raised while a `tf.data` pipeline
+    decoded an image becomes the `ImageReadError` that names the file: the one a reader recorded,
+    or, for TensorFlow's own PNG/JPEG decoders, the first registered file that fails to decode.
+
+    Args:
+        exc: any exception.
+
+    Returns:
+        A `DataError`, or None when `exc` is not a data fault.
+    """
+    if isinstance(exc, DataError):
+        return exc
+    if not _is_tf_error(exc):
+        return None
+    message = str(getattr(exc, "message", "") or exc)
+    with _FAULT_LOCK:
+        faults = list(_RECENT_FAULTS)
+        file_lists = list(_PIPELINE_FILES)
+    for fault in reversed(faults):
+        if str(fault) in message:
+            return fault
+    marker = "ImageReadError: "
+    if marker in message:
+        return DataError(message.split(marker, 1)[1].splitlines()[0].strip())
+    if "DataError: " in message:
+        return DataError(message.split("DataError: ", 1)[1].splitlines()[0].strip())
+    if not any(text in message for text in _DECODER_MESSAGES):
+        return None
+    for paths in reversed(file_lists):
+        for path in paths:
+            try:
+                read_image(path)
+                if sniff_format(path) in ("png", "jpeg"):
+                    _decodes_with_tf(path)
+            except DataError as error:
+                return error
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_native_output():
+    """Silences what native libraries (ITK's MetaIO) print to the process's stdout and stderr.
+
+    The file descriptors are process-wide: one thread at a time (`_NATIVE_OUTPUT_LOCK`).
+    """
+    with _NATIVE_OUTPUT_LOCK, _redirected_native_output():
+        yield
+
+
+_NATIVE_OUTPUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _redirected_native_output():
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = []
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(devnull, fd)
+            except OSError:
+                pass
+        yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
+
+
+_METAIMAGE_TYPES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}  # fmt: skip
+
+
+def _metaimage_header(path):
+    """Fields of a MetaImage header and the offset of its pixel data (LOCAL data)."""
+    fields = {}
+    with open(path, "rb") as f:
+        while True:
+            line = f.readline(4096)
+            if not line:
+                break
+            text = line.decode("latin-1").strip()
+            if "=" not in text:
+                raise ImageReadError("cannot read MetaImage: no 'Key = value' header", path=path)
+            key, value = (part.strip() for part in text.split("=", 1))
+            fields[key] = value
+            if key == "ElementDataFile":
+                break
+        offset = f.tell()
+    for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
+        if key not in fields:
+            raise ImageReadError(f"cannot read MetaImage: header without {key}", path=path)
+    return fields, offset
+
+
+def read_metaimage(path):
+    """Reads a MetaImage (`.mha`) file with SimpleITK: header checked first, no ITK messages.
+
+    Args:
+        path: a `.mha` file (pixel data in the file).
+
+    Returns:
+        `SimpleITK.Image`.
+
+    Raises:
+        ImageReadError: missing, empty, not a MetaImage, truncated, or a header that claims more
+            than `max_image_pixels()` voxels; one line naming the file.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    check_metaimage_header(path)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        with _quiet_native_output():
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO("MetaImageIO")  # by name: SimpleITK would not know `.MHA`
+            reader.SetFileName(str(path))
+            return reader.Execute()
+    except RuntimeError as error:
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        reasons = [ln for ln in lines if not ln.startswith(("Exception thrown", "Reason: Success"))]
+        reason = reasons[-1] if reasons else "unreadable"
+        reason = reason.split("): ", 1)[-1]
+        raise ImageReadError(f"cannot read MetaImage: {reason}", path=path) from None
+
+
+def check_metaimage_header(path):
+    """Checks a MetaImage (`.mha`) header without decoding: the fields a reader needs, the claimed
+    size against `max_image_pixels()`, and (uncompressed data) that the file holds all its bytes.
+
+    Args:
+        path: a `.mha` file.
+
+    Raises:
+        ImageReadError: naming the file.
+    """
+    path = Path(path)
+    _check_file(path)
+    fields, offset = _metaimage_header(path)
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+    except ValueError:
+        raise ImageReadError(
+            f"cannot read MetaImage: DimSize {fields['DimSize']!r} is not whole numbers", path=path
+        ) from None
+    check_pixel_count(path, dims)
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    item = _METAIMAGE_TYPES.get(fields["ElementType"].upper())
+    channels = int(fields.get("ElementNumberOfChannels", "1") or 1)
+    if fields["ElementDataFile"].upper() == "LOCAL" and not compressed and item is not None:
+        expected = item * channels
+        for d in dims:
+            expected *= d
+        available = path.stat().st_size - offset
+        if available < expected:
+            raise ImageReadError(
+                f"cannot read MetaImage: truncated, {available} bytes of pixel data, the header needs {expected}",
+                path=path,
+            )
 
 
 def _fill_transfer_syntax(ds):
@@ -201,18 +581,26 @@ def read_image(path):
     Raises:
         ImageReadError: the file is missing, empty, truncated or not a readable image.
     """
-    path = Path(path)
+    try:
+        image = _read_any(Path(path))
+    except ImageReadError as error:
+        _record_fault(error)
+        raise
+    image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+
+
+def _read_any(path):
     _check_file(path)
     try:
         head = _head(path)
     except OSError as e:
         raise ImageReadError(f"cannot open: {e}", path=path) from None
     if _is_dicom_head(path, head):
-        image = _read_dicom(path)
-    else:
-        image = _read_raster(path, head)
-    image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+        return _read_dicom(path)
+    if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SIGNATURE):
+        check_image_header(path, head)
+    return _read_raster(path, head)
 
 
 def _rgb_to_gray(rgb):
@@ -246,6 +634,7 @@ def _read_raster(path, head):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
+                check_pixel_count(path, im.size)
                 im.load()
                 if _png_is_16bit_color(head):
                     # PIL reduces 16-bit colour PNGs to 8 bits; OpenCV keeps all 16.
@@ -255,6 +644,8 @@ def _read_raster(path, head):
                 return _pil_to_gray(im)
     except UnidentifiedImageError:
         raise ImageReadError("not a PNG, JPEG or DICOM image", path=path) from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"decompression bomb refused ({e})", path=path) from None
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -363,6 +754,20 @@ def _dicom_window(arr, ds):
     return np.clip((arr - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
+def _jpeg_plugins_installed():
+    """Whether pydicom's JPEG plugins (pylibjpeg with libjpeg, or GDCM) can be imported."""
+    import importlib
+
+    for names in (("pylibjpeg", "libjpeg"), ("gdcm",)):
+        try:
+            for name in names:
+                importlib.import_module(name)
+        except ImportError:
+            continue
+        return True
+    return False
+
+
 def _read_dicom(path):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -376,16 +781,33 @@ def _read_dicom(path):
                 ds = pydicom.dcmread(path)
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, force=True)
-                _fill_transfer_syntax(ds)
+            # A file meta header without (0002,0010), or no file meta at all: the encoding
+            # pydicom found while parsing stands in for the missing Transfer Syntax UID.
+            _fill_transfer_syntax(ds)
             if (
                 "PixelData" not in ds
                 and "FloatPixelData" not in ds
                 and "DoubleFloatPixelData" not in ds
             ):
                 raise ImageReadError("DICOM file without pixel data", path=path)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            size = (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
+            check_pixel_count(path, (*size, frames) if frames > 1 else size)
             arr = ds.pixel_array
     except ImageReadError:
         raise
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is not None and syntax.is_compressed:
+            name = getattr(syntax, "name", None) or str(syntax)
+            detail = lines[-1] if lines else type(e).__name__
+            hint = f"; {_DICOM_DECODER_HINT}" if not _jpeg_plugins_installed() else ""
+            raise ImageReadError(
+                f"cannot decode the DICOM's {name} pixel data ({detail}){hint}", path=path
+            ) from None
+        reason = lines[0] if lines else type(e).__name__
+        raise ImageReadError(f"unreadable DICOM ({reason})", path=path) from None
     except Exception as e:  # noqa: BLE001  (pydicom raises many types for broken files)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageReadError(f"unreadable DICOM ({reason})", path=path) from None

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from common.fileio import atomic_write_bytes
+from common.fileio import current_umask
 
 MODES = ("add", "max", "set")
 _SUPERSAMPLE = 4
@@ -595,6 +596,7 @@ def write_mha(path, volume_zyx, spacing_xyz=(1, 1, 1), direction=None, compress=
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=bool(compress))
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would stay on the file
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)

@@ -14,18 +14,8 @@ Public API (CONTRACT.md): `PRESETS`, `build_model(preset="paper", **overrides)`,
 `TRAIN_PRESETS`.
 """
 
-import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
-from deepra import model  # noqa: F401  (registers the Keras objects)
-from deepra.data import inspect_dataset
-from deepra.evaluate import evaluate
-from deepra.evaluate import predict
-from deepra.model import PRESETS
-from deepra.model import build_model
-from deepra.model import explain_model
-from deepra.pipeline import load_run
-from deepra.synthetic import write_phantom_dataset
-from deepra.train import TRAIN_PRESETS
-from deepra.train import train
+from common.lazy import lazy_package
+from deepra.presets import PRESETS
 
 # Package-specific flags of `python -m deepra` (see common.cli); None keeps the preset's value.
 CLI_ARGUMENTS = {
@@ -121,3 +111,20 @@ __all__ = [
     "train",
     "write_phantom_dataset",
 ]
+
+
+# Public names load on first use (common.lazy): `import deepra` imports neither TensorFlow nor Keras.
+__getattr__, __dir__ = lazy_package(
+    __name__,
+    {
+        "inspect_dataset": "deepra.data",
+        "evaluate": "deepra.evaluate",
+        "predict": "deepra.evaluate",
+        "build_model": "deepra.model",
+        "explain_model": "deepra.model",
+        "load_run": "deepra.pipeline",
+        "write_phantom_dataset": "deepra.synthetic",
+        "TRAIN_PRESETS": "deepra.train",
+        "train": "deepra.train",
+    },
+)

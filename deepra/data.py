@@ -56,6 +56,7 @@ import tensorflow as tf
 from common.augment import AugmentConfig
 from common.augment import make_volume_dataset
 from common.errors import DataError
+from common.errors import missing_listed_file
 from common.fileio import read_text
 from common.image_io import exif_orientation
 from common.image_io import is_image_file
@@ -316,12 +317,14 @@ def read_records(root):
         for limb in LIMBS:
             path = films.get((pid.lower(), limb))
             if path is None:
-                raise DataError(
+                path = csv.parent / f"{pid}-{limb}.jpg"
+                error = DataError(
                     f"film {pid}-{limb}.jpg listed but not found in {csv.parent}",
                     path=csv,
                     row=record["csv_row"],
                     column=PATIENT_COLUMN,
                 )
+                missing_listed_file(error, path)
             rows.append(
                 {
                     "patient_id": pid,

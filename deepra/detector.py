@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
 
-from deepra.columns import FOOT_CLASSES
-from deepra.columns import HAND_CLASSES
+from deepra.presets import DETECTOR_PRESETS
+from deepra.presets import TABLE1_AP  # noqa: F401  (re-exported for deepra.evaluate)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,89 +76,6 @@ TINY_RESNET_CONFIG = {
     "stackwise_num_strides": [1, 2, 2],
     "block_type": "basic_block",
     "use_pre_activation": False,
-}
-
-# Table 1: AP per class at IoU 0.6 on 50 held-out films per detector, and the mAP.
-TABLE1_AP = {
-    "hand": {
-        "thumb": 0.986,
-        "finger1": 0.979,
-        "finger2": 0.983,
-        "finger3": 0.971,
-        "finger4": 0.977,
-        "wrist": 0.993,
-        "mAP": 0.981,
-    },
-    "foot": {
-        "toe": 0.983,
-        "finger1": 0.973,
-        "finger2": 0.955,
-        "finger3": 0.947,
-        "finger4": 0.965,
-        "mAP": 0.965,
-    },
-}
-
-_DETECTOR_TRAINING = {
-    # §4.2.1: Adam 1e-3, x0.1 when the validation mAP has not improved for 4 epochs, early stop
-    # after 5, batch 8.
-    "learning_rate": 1e-3,
-    "reduce_lr_factor": 0.1,
-    "reduce_lr_patience": 4,
-    "early_stopping_patience": 5,
-    "monitor": "val_mAP",
-    "batch_size": 8,
-    "epochs": 50,
-    "eval_iou_threshold": 0.6,
-}
-
-
-def _detector_preset(limb_kind, *, demo, description):
-    class_names = HAND_CLASSES if limb_kind == "hand" else FOOT_CLASSES
-    config = {
-        "kind": "detector",
-        "limb_kind": limb_kind,
-        "class_names": tuple(class_names),
-        "num_classes": len(class_names),
-        "encoder": "tiny-resnet" if demo else "resnet50",
-        "image_min_side": 192 if demo else 1000,
-        "image_max_side": 240 if demo else 1400,
-        "min_level": 3,
-        "max_level": 4 if demo else 7,
-        "use_p5": False,
-        "anchor_size": 4.0,
-        "num_scales": 3,
-        "aspect_ratios": (1.0, 2.0, 4.0) if demo else (0.5, 1.0, 2.0),
-        "pre_logits_num_conv_layers": 1 if demo else 4,
-        "nms_iou_threshold": 0.5,
-        "confidence_threshold": 0.05,
-        "max_detections": 100,
-        "encoder_weights": None,
-        "weights": None,
-        "box_loss_weight": 20.0,
-        **_DETECTOR_TRAINING,
-        "description": description,
-    }
-    if demo:
-        # On 68 phantom hand films (batch 4, 600 steps, ~4.5 min on the shared 2-core machine)
-        # the demo hand detector reached mAP 0.40 at IoU 0.6 and 0.99 at IoU 0.3 on held-out films.
-        config.update({"batch_size": 4, "epochs": 30})
-    return config
-
-
-DETECTOR_PRESETS = {
-    "paper-hand": _detector_preset(
-        "hand", demo=False, description="RetinaNet ResNet-50 FPN, hands: 6 classes (§4.2)"
-    ),
-    "paper-foot": _detector_preset(
-        "foot", demo=False, description="RetinaNet ResNet-50 FPN, feet: 5 classes (§4.2)"
-    ),
-    "demo-hand": _detector_preset(
-        "hand", demo=True, description="tiny RetinaNet for hand phantoms (P3-P4, small films)"
-    ),
-    "demo-foot": _detector_preset(
-        "foot", demo=True, description="tiny RetinaNet for foot phantoms (P3-P4, small films)"
-    ),
 }
 
 

@@ -45,6 +45,8 @@ from keras import layers
 from common.layers import AttentionBranch
 from deepra.columns import JOINT_MODELS
 from deepra.columns import output_names
+from deepra.presets import JOINT_PRESETS
+from deepra.presets import TABLE2  # noqa: F401  (re-exported for deepra.evaluate)
 
 # keras.applications builders by name; their feature maps and parameter counts without the top.
 BACKBONES = {
@@ -52,129 +54,6 @@ BACKBONES = {
     "efficientnetb4": keras.applications.EfficientNetB4,
     "efficientnetb5": keras.applications.EfficientNetB5,
 }
-
-# Table 2: model type, crops, backbone, total joint images, number of predictions.
-TABLE2 = {
-    "hand-erosion": {
-        "model_type": "Erosion",
-        "crops": "Hand Fingers & Thumb/Toe",
-        "backbone": "B3",
-        "total_joint_images": 4404,
-        "predictions": 2,
-    },
-    "hand-narrowing": {
-        "model_type": "Narrowing",
-        "crops": "Hand Fingers & Toe",
-        "backbone": "B3",
-        "total_joint_images": 3670,
-        "predictions": 2,
-    },
-    "foot-narrowing": {
-        "model_type": "Narrowing",
-        "crops": "Feet Fingers & Thumb",
-        "backbone": "B4",
-        "total_joint_images": 3670,
-        "predictions": 1,
-    },
-    "foot-erosion": {
-        "model_type": "Erosion",
-        "crops": "Feet Fingers",
-        "backbone": "B4",
-        "total_joint_images": 2936,
-        "predictions": 1,
-    },
-    "wrist": {
-        "model_type": "Erosion & Narrowing",
-        "crops": "Wrist",
-        "backbone": "B5",
-        "total_joint_images": 734,
-        "predictions": 6,
-    },
-}
-
-_JOINT_TRAINING = {
-    # §4.3.1: MSE, Adam 1e-3, lr x0.2 when the validation RMSE has not improved for 5 epochs,
-    # 200 epochs keeping the best validation RMSE, batch 32, horizontal flips, 80:20 split by
-    # patient, as many zero-score joints as non-zero ones.
-    "loss": "mse",
-    "learning_rate": 1e-3,
-    "reduce_lr_factor": 0.2,
-    "reduce_lr_patience": 5,
-    "monitor": "val_rmse",
-    "epochs": 200,
-    "batch_size": 32,
-    "flip_lr": True,
-    "balance_zero_scores": True,
-    "test_fraction": 0.2,
-}
-
-
-def _joint_preset(backbone, size, task, head, description, **extra):
-    config = {
-        "kind": "joint",
-        "backbone": backbone,
-        "image_size_hw": (size, size),
-        "channels": 1,
-        "task": task,
-        "head": head,
-        "trainable_fraction": 0.7,
-        "attention_filters": (64, 16),
-        "attention_dropout": 0.0,
-        "dense_units": (128,),
-        "dropout": 0.25,
-        "backbone_weights": None,
-        "weights": None,
-        "tiny_width": 0.5,
-        "tiny_depth": 0.5,
-        "tiny_stages": 3,
-        "batch_norm_momentum": None,
-        **_JOINT_TRAINING,
-        "description": description,
-    }
-    config.update(extra)
-    return config
-
-
-JOINT_PRESETS = {
-    "hand-erosion": _joint_preset(
-        "efficientnetb3", 256, "erosion", "pair", "Table 2 row 1: hand fingers, thumbs, big toes"
-    ),
-    "hand-narrowing": _joint_preset(
-        "efficientnetb3", 256, "narrowing", "pair", "Table 2 row 2: hand fingers, big toes"
-    ),
-    "foot-narrowing": _joint_preset(
-        "efficientnetb4", 256, "narrowing", "single", "Table 2 row 3: toes 2-5, thumbs"
-    ),
-    "foot-erosion": _joint_preset(
-        "efficientnetb4", 256, "erosion", "single", "Table 2 row 4: toes 2-5"
-    ),
-    "wrist": _joint_preset(
-        "efficientnetb5",
-        300,
-        "erosion",
-        "wrist",
-        "Table 2 row 5: wrists (task='erosion' or 'narrowing', six outputs each)",
-    ),
-    "demo": _joint_preset(
-        "tiny-efficientnet",
-        96,
-        "erosion",
-        "pair",
-        "tiny EfficientNet (width/depth 0.5, 3 stages) on 96x96 phantom crops",
-        trainable_fraction=1.0,
-        batch_norm_momentum=0.9,
-        attention_filters=(32, 8),
-        dense_units=(32,),
-        dropout=0.1,
-        learning_rate=2e-3,
-        reduce_lr_patience=5,
-        epochs=25,
-        batch_size=32,
-    ),
-}
-# `paper` is the first row of Table 2 (the hand erosion model), so `summary --preset paper` works.
-JOINT_PRESETS["paper"] = copy.deepcopy(JOINT_PRESETS["hand-erosion"])
-JOINT_PRESETS["paper"]["description"] = "alias of hand-erosion (Table 2 row 1)"
 
 
 def joint_config(preset="paper", **overrides):

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import keras
 
-from deepra.detector import DETECTOR_PRESETS
 from deepra.detector import build_detector
 from deepra.detector import register_keras_hub_objects
-from deepra.joints import JOINT_PRESETS
 from deepra.joints import build_joint_model
 from deepra.joints import explain_joint_model
 from deepra.joints import joint_config
+from deepra.presets import DETECTOR_PRESETS
+from deepra.presets import PRESETS
 
 register_keras_hub_objects()
-
-PRESETS = {**JOINT_PRESETS, **DETECTOR_PRESETS}
 
 
 def get_config(preset="paper", **overrides):

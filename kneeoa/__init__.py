@@ -12,20 +12,8 @@ bilateral=False)`; and `explain_model`, `logits_model`, `load_records`, `make_da
 `resolve_config`.
 """
 
-import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
-from kneeoa import model  # noqa: F401  (registers Keras objects)
-from kneeoa.data import inspect_dataset
-from kneeoa.data import load_records
-from kneeoa.data import make_dataset
-from kneeoa.evaluate import evaluate
-from kneeoa.evaluate import predict
-from kneeoa.model import PRESETS
-from kneeoa.model import build_model
-from kneeoa.model import explain_model
-from kneeoa.model import logits_model
-from kneeoa.model import resolve_config
-from kneeoa.synthetic import write_phantom_dataset
-from kneeoa.train import train
+from common.lazy import lazy_package
+from kneeoa.presets import PRESETS
 
 # Package-specific flags of `python -m kneeoa` (see common.cli).
 _READ_LAYOUT = (
@@ -78,3 +66,22 @@ __all__ = [
     "train",
     "write_phantom_dataset",
 ]
+
+
+# Public names load on first use (common.lazy): `import kneeoa` imports neither TensorFlow nor Keras.
+__getattr__, __dir__ = lazy_package(
+    __name__,
+    {
+        "inspect_dataset": "kneeoa.data",
+        "load_records": "kneeoa.data",
+        "make_dataset": "kneeoa.data",
+        "evaluate": "kneeoa.evaluate",
+        "predict": "kneeoa.evaluate",
+        "build_model": "kneeoa.model",
+        "explain_model": "kneeoa.model",
+        "logits_model": "kneeoa.model",
+        "resolve_config": "kneeoa.model",
+        "write_phantom_dataset": "kneeoa.synthetic",
+        "train": "kneeoa.train",
+    },
+)

@@ -70,6 +70,7 @@ from common.errors import DataError
 from common.fileio import read_text
 from common.image_io import DICOM_SUFFIXES
 from common.image_io import ImageReadError
+from common.image_io import check_image_header
 from common.image_io import list_images
 from common.image_io import read_image
 from common.splits import assign_validation
@@ -301,15 +302,26 @@ def read_kl_folders(root):
     rows = []
     for split, split_dir in _split_dirs(folder).items():
         count = 0
+        seen = {}  # file name -> path: the same knee in two KL folders has conflicting grades
         for grade_dir in _subdirs(split_dir):
             if not grade_dir.name.isdigit():
-                continue
+                raise DataError(
+                    f"unknown label folder '{grade_dir.name}' in split '{split}' (KL grade "
+                    "folders are named 0..4)",
+                    path=grade_dir,
+                )
             kl = int(grade_dir.name)
             if not 0 <= kl < NUM_KL_GRADES:
                 raise DataError(f"KL grade folder '{grade_dir.name}' outside 0..4", path=grade_dir)
             for path in list_images(grade_dir):
                 if any(_skipped(part) for part in path.relative_to(grade_dir).parts[:-1]):
                     continue
+                if path.name.lower() in seen:
+                    raise DataError(
+                        f"the same knee file is in two KL folders: {seen[path.name.lower()]}",
+                        path=path,
+                    )
+                seen[path.name.lower()] = path
                 pid, side = parse_knee_name(path.stem)
                 rows.append(
                     {
@@ -1067,6 +1079,7 @@ def check_image_file(path):
         whole = tail.endswith(b"\xff\xd9")
     else:
         whole = False
+    check_image_header(path, head)  # a header claiming too many pixels stops before decoding
     if not whole:
         read_image(path)  # raises ImageReadError naming the file if it is broken
 

@@ -11,22 +11,9 @@ ensemble=None)`, `predict(model, inputs, out_dir, *, explain=False, ensemble=Non
 `TopKWeights`.
 """
 
-import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
 from common.cli import positive_int
-from mura import model  # noqa: F401  (registers Keras objects)
-from mura.data import inspect_dataset
-from mura.data import load_records
-from mura.data import make_dataset
-from mura.data import study_probabilities
-from mura.ensemble import TopKWeights
-from mura.evaluate import evaluate
-from mura.evaluate import predict
-from mura.explain import class_activation_map
-from mura.model import PRESETS
-from mura.model import build_model
-from mura.model import explain_model
-from mura.synthetic import write_phantom_dataset
-from mura.train import train
+from common.lazy import lazy_package
+from mura.presets import PRESETS
 
 _ENSEMBLE = (
     ("--ensemble",),
@@ -78,3 +65,23 @@ __all__ = [
     "train",
     "write_phantom_dataset",
 ]
+
+
+# Public names load on first use (common.lazy): `import mura` imports neither TensorFlow nor Keras.
+__getattr__, __dir__ = lazy_package(
+    __name__,
+    {
+        "inspect_dataset": "mura.data",
+        "load_records": "mura.data",
+        "make_dataset": "mura.data",
+        "study_probabilities": "mura.data",
+        "TopKWeights": "mura.ensemble",
+        "evaluate": "mura.evaluate",
+        "predict": "mura.evaluate",
+        "class_activation_map": "mura.explain",
+        "build_model": "mura.model",
+        "explain_model": "mura.model",
+        "write_phantom_dataset": "mura.synthetic",
+        "train": "mura.train",
+    },
+)

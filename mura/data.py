@@ -42,6 +42,7 @@ import pandas as pd
 from common.augment import AugmentConfig
 from common.augment import make_image_dataset
 from common.errors import DataError
+from common.errors import missing_listed_file
 from common.image_io import ImageReadError
 from common.image_io import list_images
 from common.image_io import read_image
@@ -463,12 +464,13 @@ def _read_image_rows(image_csv, split, dataset_dir):
         item = _record_parts(match, relative, dataset_dir)
         item.update(csv=image_csv, row=row, text=text)
         if not item["file"].is_file():
-            raise DataError(
+            error = DataError(
                 f"image listed but not found: {item['file']}",
                 path=image_csv,
                 row=row,
                 column=IMAGE_COLUMN,
             )
+            missing_listed_file(error, item["file"])
         items.append(item)
     return items
 
@@ -489,7 +491,7 @@ def _scan_split_folder(split_dir, split, dataset_dir):
 
 
 def _verify_image(item, verify):
-    if verify == "none":
+    if verify == "none" or not item["file"].is_file():  # absent: already reported
         return
     where = {
         "path": item["csv"],

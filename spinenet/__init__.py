@@ -14,21 +14,8 @@ Reference:
     spinal MRIs", MICCAI 2016.
 """
 
-import common  # noqa: F401  (first: quiet TensorFlow import, shared Keras objects)
-from spinenet import model  # noqa: F401  (registers Keras objects)
-from spinenet.data import inspect_dataset
-from spinenet.data import make_dataset
-from spinenet.data import read_dataset
-from spinenet.evaluate import evaluate
-from spinenet.evaluate import predict
-from spinenet.explain import evidence_hotspots
-from spinenet.explain import predict_tta
-from spinenet.explain import task_hotspots
-from spinenet.model import PRESETS
-from spinenet.model import build_model
-from spinenet.model import explain_model
-from spinenet.synthetic import write_phantom_dataset
-from spinenet.train import train
+from common.lazy import lazy_package
+from spinenet.presets import PRESETS
 
 _NO_TTA = (
     ("--no-tta",),
@@ -100,3 +87,23 @@ __all__ = [
     "train",
     "write_phantom_dataset",
 ]
+
+
+# Public names load on first use (common.lazy): `import spinenet` imports neither TensorFlow nor Keras.
+__getattr__, __dir__ = lazy_package(
+    __name__,
+    {
+        "inspect_dataset": "spinenet.data",
+        "make_dataset": "spinenet.data",
+        "read_dataset": "spinenet.data",
+        "evaluate": "spinenet.evaluate",
+        "predict": "spinenet.evaluate",
+        "evidence_hotspots": "spinenet.explain",
+        "predict_tta": "spinenet.explain",
+        "task_hotspots": "spinenet.explain",
+        "build_model": "spinenet.model",
+        "explain_model": "spinenet.model",
+        "write_phantom_dataset": "spinenet.synthetic",
+        "train": "spinenet.train",
+    },
+)

@@ -84,6 +84,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
+from common.image_io import read_metaimage
 
 GRADINGS_FILE = "radiological_gradings.csv"
 PLAIN_VOLUMES = "volumes.npy"
@@ -430,19 +431,11 @@ def list_series(folder) -> pd.DataFrame:
 
 
 def _read_mha(path):
-    import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=path)
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("MetaImageIO")  # by name: SimpleITK would not know `.MHA`
-        reader.SetFileName(str(path))
-        image = reader.Execute()
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise DataError(f"cannot read MetaImage: {reason}", path=path) from None
+    image = read_metaimage(path)  # header and size checked first, no ITK messages
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(
             f"expected a 3-D single-channel series, got {image.GetDimension()}-D with "
@@ -473,6 +466,51 @@ def mask_labels(mask_path) -> frozenset:
     return _LABEL_CACHE[key]
 
 
+def _physical_box(image):
+    """The axis-aligned box (min, max corners in mm) that an image's voxels cover."""
+    size = image.GetSize()
+    corners = [
+        image.TransformContinuousIndexToPhysicalPoint(
+            [(-0.5 if bit == 0 else n - 0.5) for bit, n in zip(bits, size)]
+        )
+        for bits in np.ndindex(*(2,) * len(size))
+    ]
+    corners = np.asarray(corners)
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def _mask_on_image_grid(mask, image, mask_path):
+    """The mask on the image's voxel grid: as it is when the geometry agrees; resampled (nearest
+    label, with a warning) when its direction, spacing or origin differ; an error when the two
+    do not overlap in space."""
+    import SimpleITK as sitk
+
+    if not _differs_in_geometry(mask, image):
+        return mask  # a size that differs is the caller's error
+    low_m, high_m = _physical_box(mask)
+    low_i, high_i = _physical_box(image)
+    if np.any(np.minimum(high_m, high_i) <= np.maximum(low_m, low_i)):
+        raise DataError(
+            "mask and image do not overlap in space (origin, spacing or direction)", path=mask_path
+        )
+    warnings.warn(
+        f"{mask_path}: the mask's direction, spacing or origin differs from its image's; "
+        "resampled onto the image's grid (nearest label)",
+        stacklevel=3,
+    )
+    return sitk.Resample(
+        mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID()
+    )
+
+
+def _differs_in_geometry(mask, image):
+    return not (
+        np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=1e-4, atol=1e-4)
+        and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3)
+        and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-4)
+    )
+
+
 def read_series(image_path, mask_path=None, orientation=ORIENTATION):
     """Reads a series (and its mask), reoriented so that array axes are (slice, row, column).
 
@@ -493,7 +531,9 @@ def read_series(image_path, mask_path=None, orientation=ORIENTATION):
     spacing = tuple(float(v) for v in image.GetSpacing())
     mask_array = None
     if mask_path is not None:
-        mask = sitk.DICOMOrient(_read_mha(mask_path), orientation)
+        mask = sitk.DICOMOrient(
+            _mask_on_image_grid(_read_mha(mask_path), image, mask_path), orientation
+        )
         mask_array = sitk.GetArrayFromImage(mask).astype(np.int32)
         if mask_array.shape != array.shape:
             raise DataError(
@@ -804,6 +844,9 @@ def inspect_dataset(root) -> dict:
         patients = records["patient"].nunique()
         discs = len(records)
         n_series = 0
+    if discs == 0:
+        where = csv_path if kind == "spider" else folder
+        raise DataError("no graded discs: the data set is empty", path=where)
     return {
         "patients": int(patients),
         "discs": int(discs),

@@ -17,6 +17,7 @@ from common.export import load_model
 from common.export import save_model
 from common.testing import REPO_ROOT
 from common.testing import run_module
+from common.verify import INSPECT_FILE_KEYS
 
 # Every package of CONTRACT.md, named explicitly: one that loses a file fails here, never drops out.
 PACKAGES = ("kneeoa", "deepra", "spinenet", "boneage", "mura")
@@ -110,6 +111,8 @@ def test_phantoms_read_back_and_inspect_prints_one_json_object(package, tmp_path
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1, out
     summary = json.loads(lines[0])
+    files = {key: summary.pop(key) for key in INSPECT_FILE_KEYS}  # added by `inspect` itself
+    assert files["unreadable"] == 0 and files["missing"] == 0, files
     assert summary == json.loads(json.dumps(package.inspect_dataset(tmp_path / "data")))
     expected = INSPECT_KEYS[package.__name__]
     if expected is None:  # boneage: {split: {...}}
