@@ -57,6 +57,9 @@ BRANCH_POINTS = ("none", "conv3", "conv4", "conv5", "fc6", "fc7")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
 #: The six tasks of the paper with their class counts (§2, §4, Table 1).
+#: §4: "from scratch without any pre-training" (and VGG-M has no keras.applications weights).
+PAPER_WEIGHTS = "none"
+
 PAPER_TASKS = {
     "pfirrmann": 5,
     "narrowing": 4,
