@@ -478,9 +478,7 @@ def copy_model_weights(target, source, *, spec, source_name):
         )
     for layer, other in zip(ours, theirs):
         current, arrays = layer.get_weights(), other.get_weights()
-        if len(current) == len(arrays) and all(
-            c.shape == a.shape for c, a in zip(current, arrays)
-        ):
+        if len(current) == len(arrays) and all(c.shape == a.shape for c, a in zip(current, arrays)):
             layer.set_weights(arrays)
             record["loaded"].append(layer.name)
         else:
@@ -507,7 +505,9 @@ def describe(record, *, limit=12):
         shown = ", ".join(items[:limit])
         return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
-    parts = [f"Weights {record['spec']} from {record['source']}: {len(record['loaded'])} layers loaded"]
+    parts = [
+        f"Weights {record['spec']} from {record['source']}: {len(record['loaded'])} layers loaded"
+    ]
     if record["partial"]:
         parts.append(f"{len(record['partial'])} partly ({names(record['partial'])})")
     parts.append(f"{len(record['fresh'])} fresh ({names(record['fresh'])})")

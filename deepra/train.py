@@ -532,6 +532,7 @@ def _train_joint_model(key, records, *, config, out_dir, strategy, resume, seed,
             f"{len(val)} validation crops, {settings['epochs']} epochs",
             flush=True,
         )
+
     def build():
         model = build_joint_model(settings)
         trunk = [layer.name for layer in weighted_layers(model.get_layer("backbone"))]

@@ -58,9 +58,10 @@ def test_urls_and_hashes_are_keras_applications_own():
     assert W.IMAGENET_WEIGHTS["vgg16"][1] == vgg16.WEIGHTS_PATH_NO_TOP
     assert W.IMAGENET_WEIGHTS["inception_v3"][1] == inception_v3.WEIGHTS_PATH_NO_TOP
     assert W.IMAGENET_WEIGHTS["densenet169"][1] == densenet.DENSENET169_WEIGHT_PATH_NO_TOP
-    assert W.IMAGENET_WEIGHTS["resnet50"][1] == resnet.BASE_WEIGHTS_PATH + W.IMAGENET_WEIGHTS[
-        "resnet50"
-    ][0]
+    assert (
+        W.IMAGENET_WEIGHTS["resnet50"][1]
+        == resnet.BASE_WEIGHTS_PATH + W.IMAGENET_WEIGHTS["resnet50"][0]
+    )
     assert W.IMAGENET_WEIGHTS["resnet50"][2] == resnet.WEIGHTS_HASHES["resnet50"][1]
     for b in ("b3", "b4", "b5"):
         fname, url, md5 = W.IMAGENET_WEIGHTS[f"efficientnet{b}"]
@@ -221,7 +222,9 @@ def test_offline_imagenet_stops_before_training_with_one_line(tmp_path, monkeypa
     assert W.keras_cache_dir() in err
     assert not run.exists() or not any(run.rglob("*.h5"))
     # the paper preset of mura starts from ImageNet without the flag: the same stop
-    status = main(mura, ["train", "--data-dir", str(data), "--out-dir", str(run), "--preset", "paper"])
+    status = main(
+        mura, ["train", "--data-dir", str(data), "--out-dir", str(run), "--preset", "paper"]
+    )
     err = capsys.readouterr().err
     assert status == 2 and W.IMAGENET_WEIGHTS["densenet169"][1] in err
 
