@@ -241,3 +241,51 @@ def test_starts_a_model_cannot_have_are_one_line(tmp_path, capsys, package, spec
     assert main(module, [*argv, "--weights", spec]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# 12 phantom knees: some bootstrap resamples of the test split hold one grade only.
+@pytest.mark.filterwarnings("ignore:bootstrap_ci:RuntimeWarning")
+def test_train_records_the_start_in_config_json_and_the_log(tmp_path, monkeypatch, capsys):
+    from kneeoa.synthetic import write_phantom_dataset
+
+    fname, path = _notop_file(tmp_path, "vgg16", keras.applications.VGG16, (32, 32, 3))
+    _serve(monkeypatch, {fname: path})
+    data = write_phantom_dataset(tmp_path / "data", num_subjects=12, seed=0, layout="folders")
+    run = tmp_path / "run"
+    kneeoa.train(
+        data / "kneeKL224",
+        run,
+        preset="vgg16-att2",
+        image_size_hw=(32, 32),
+        epochs=1,
+        batch_size=8,
+        weights="imagenet",
+        verbose=1,
+    )
+    block = json.loads((run / "config.json").read_text())["weights"]
+    assert block["spec"] == "imagenet" and block["url"] == W.IMAGENET_WEIGHTS["vgg16"][1]
+    assert len(block["loaded"]) == 13 and block["fresh"] == ["att2_attention", "att2_logits"]
+    assert "Weights imagenet from" in capsys.readouterr().out
+
+
+def test_deepra_paper_start_is_coco_detectors_and_imagenet_joints(monkeypatch):
+    from common.errors import DataError
+    from deepra.train import _resolve_weights
+    from deepra.train import joint_model_settings
+    from deepra.train import train_config
+
+    names = {W.IMAGENET_WEIGHTS[f"efficientnetb{i}"][0] for i in (3, 4, 5)}
+    asked = _serve(monkeypatch, {name: f"/cache/{name}" for name in names})
+    config = train_config("paper")
+    _resolve_weights(None, config, "paper")
+    assert config["weights_spec"] == "coco"
+    assert config["detector_overrides"]["pretrained"] == "coco"
+    for key, path in config["backbone_weights_by_model"].items():
+        backbone = joint_model_settings(config, key)["backbone"]
+        assert path == f"/cache/{W.IMAGENET_WEIGHTS[backbone][0]}"
+    assert {fname for fname, _ in asked} == names
+    demo = train_config("demo")
+    _resolve_weights(None, demo, "demo")
+    assert demo["weights_spec"] == "none" and "backbone_weights_by_model" not in demo
+    with pytest.raises(DataError, match="no ImageNet trunk"):
+        _resolve_weights("imagenet", train_config("demo"), "demo")
