@@ -209,8 +209,6 @@ def test_offline_imagenet_stops_before_training_with_one_line(tmp_path, monkeypa
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] no network")
 
     monkeypatch.setattr(W, "_get_file", offline)
-    monkeypatch.setenv("KERAS_HOME", os.fspath(tmp_path / "kh"))
-    os.makedirs(tmp_path / "kh")
     data = tmp_path / "data"
     data.mkdir()
     run = tmp_path / "run"
