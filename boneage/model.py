@@ -79,6 +79,14 @@ from boneage.presets import BoneAgeConfig
 
 MIXED_KINDS = ("mixed5", "mixed7", "mixed9")
 
+#: The start of the paper's presets: Keras' ImageNet InceptionV3, as the RSNA 2017 winner the
+#: paper builds on (§II; the paper itself does not say). `demo` starts from scratch.
+PAPER_WEIGHTS = "imagenet"
+
+
+#: Table 1's rows start as the paper's model did (`PAPER_WEIGHTS`); the demo from scratch.
+PRETRAINED_PRESETS = tuple(name for name in PRESETS if name != "demo")
+
 
 def get_config(preset="paper", **overrides) -> BoneAgeConfig:
     """Returns the validated `BoneAgeConfig` of a preset with overrides applied.
@@ -558,6 +566,161 @@ def build_model(preset="paper", weights=None, **overrides) -> keras.Model:
     if weights is not None:
         _load_weights(model, weights)
     return model
+
+
+def _input_layouts(config):
+    """`{conv prefix: input channel segments}` of a configuration's backbone.
+
+    A convolution after a concatenation reads several parts side by side (one per branch, or the
+    block input passed through a max-pooling branch); their sizes are the segments that
+    `common.weights.copy_overlap` matches one by one when the width differs.
+    """
+    beta = config.width_factor
+    layouts = {}
+
+    def step(layout, spec, name):
+        if spec[0] == "conv":
+            layouts[name] = list(layout)
+            return [scaled_filters(spec[1], beta)]
+        if spec[0] in ("avgpool", "maxpool"):
+            return layout
+        parts = []
+        for i, sub in enumerate(spec[1:]):
+            parts += step(layout, sub, f"{name}_{chr(ord('a') + i)}")
+        return parts
+
+    layout = [config.channels]
+    for step_name, spec in _STEM:
+        if step_name == "pool1" and not config.stem_pool1:
+            continue
+        layout = step(layout, spec, f"stem_{step_name}")
+    for name, _kind, branches in inception_blocks(
+        config.num_mixed5, config.num_mixed7, config.num_mixed9
+    ):
+        parts = []
+        for branch_name, steps in branches:
+            y = layout
+            for j, spec in enumerate(steps):
+                y = step(y, spec, f"{name}_{branch_name}_{j}")
+            parts += y
+        layout = parts
+    return layouts
+
+
+def _block_names(config):
+    """`{Keras InceptionV3 block name: this configuration's block name}` (same kind, same repeat).
+
+    With the repeats 4/3/3 Keras' `mixed5`, `mixed6` (Mixed5 kind) are ours `mixed5`, `mixed6`;
+    Keras' `mixed7` is our `mixed9`; `mixed8` our `mixed12`; `mixed9`, `mixed10` our `mixed13`,
+    `mixed14`. Our extra repeats have no ImageNet counterpart.
+    """
+
+    def numbered(blocks):
+        seen, out = {}, {}
+        for name, kind, _ in blocks:
+            out[(kind, seen.get(kind, 0))] = name
+            seen[kind] = seen.get(kind, 0) + 1
+        return out
+
+    ours = numbered(inception_blocks(config.num_mixed5, config.num_mixed7, config.num_mixed9))
+    keras_blocks = numbered(inception_blocks())
+    return {name: ours[key] for key, name in keras_blocks.items() if key in ours}
+
+
+def is_inception_v3_file(path):
+    """True when `path` is Keras' ImageNet InceptionV3 "no top" file (or a file just like it).
+
+    Args:
+        path: a local file.
+
+    Returns:
+        bool: an `.h5` weights file of 188 layers whose first kernel is `(3, 3, 3, 32)`.
+    """
+    from common.weights import read_legacy_h5
+
+    path = os.fspath(path)
+    if not path.endswith(".h5") or path.endswith(".weights.h5"):
+        return False
+    try:
+        found = read_legacy_h5(path)
+    except (OSError, KeyError):
+        return False
+    return len(found) == 188 and found[0][1][0].shape == (3, 3, 3, 32)
+
+
+def load_imagenet_inception(model, path, config=None, *, spec="imagenet"):
+    """Loads Keras' ImageNet InceptionV3 into a BoneAgeNet, as far as it fits, and says how far.
+
+    Keras' InceptionV3 is this builder at β = 1 with repeats 2/1/2 (the same layers in the same
+    order), so the file's layers are matched to ours by position in that reference, then moved
+    to our block of the same kind and repeat (`_block_names`). Where shapes agree a layer is
+    loaded whole. Otherwise (β != 1, one input channel):
+
+    - a width-scaled convolution takes the pretrained filters into its first outputs, the
+      pretrained inputs segment by segment (each concatenated branch is widened on its own), and
+      0 for the inputs only our wider network has, so those filters compute what ImageNet's did;
+      its other filters keep their fresh initialisation; batch normalisation likewise;
+    - the stem's first convolution on a one-channel input takes the ImageNet kernel summed over
+      its three input channels: exact for a gray image repeated over three channels (we sum
+      rather than tile, which would need three input channels and three times the stem's
+      input work);
+    - blocks beyond Keras' repeats (4/3/3 has two extra Mixed5, two extra Mixed7, one extra
+      Mixed9) and the head start fresh.
+
+    Args:
+        model: a model from `build_model`.
+        path: Keras' `inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`.
+        config: the model's `BoneAgeConfig` (default: the `paper` preset's).
+        spec: the `--weights` value, for the record.
+
+    Returns:
+        The load record (`common.weights.new_record`): `loaded`, `partial` (layer -> what was
+        taken), `fresh`, and `unused` (file layers with no place in this model).
+
+    Raises:
+        DataError: the file is not an InceptionV3 "no top" file.
+    """
+    from common.errors import DataError
+    from common.weights import add_result
+    from common.weights import apply_layer_weights
+    from common.weights import new_record
+    from common.weights import read_legacy_h5
+
+    config = get_config(config if config is not None else "paper")
+    found = read_legacy_h5(path)
+    reference = build_backbone((75, 75, 3))
+    ref_layers = [layer for layer in reference.layers if layer.weights]
+    if len(found) != len(ref_layers) or any(
+        [a.shape for a in arrays] != [tuple(w.shape) for w in layer.weights]
+        for (_, arrays), layer in zip(found, ref_layers)
+    ):
+        raise DataError("not Keras' InceptionV3 no-top weights file", path=path)
+    ref_layouts = _input_layouts(BoneAgeConfig(channels=3))
+    our_layouts = _input_layouts(config)
+    blocks = _block_names(config)
+    names = {layer.name for layer in model.layers}
+    record = new_record(spec, os.fspath(path))
+    record["unused"] = []
+    for (_, arrays), ref in zip(found, ref_layers):
+        block, rest = ref.name.split("_", 1)
+        name = f"{blocks.get(block, '')}_{rest}" if block != "stem" else ref.name
+        if name not in names:
+            record["unused"].append(ref.name)
+            continue
+        prefix = name.rsplit("_", 1)[0]
+        options = {}
+        if name.endswith("_conv"):
+            ours, theirs = our_layouts[prefix], ref_layouts[ref.name.rsplit("_", 1)[0]]
+            if prefix == "stem_conv1" and config.channels == 1:
+                options = {"sum_inputs": True, "in_segments": ([1], [1])}
+            else:
+                options = {"in_segments": (ours, theirs)}
+        add_result(record, name, apply_layer_weights(model.get_layer(name), arrays, **options))
+    touched = set(record["loaded"]) | set(record["partial"])
+    record["fresh"] = [
+        layer.name for layer in model.layers if layer.weights and layer.name not in touched
+    ]
+    return record
 
 
 def _load_weights(model, weights):

@@ -11,12 +11,20 @@ import numpy as np
 from boneage.data import load_records
 from boneage.data import make_dataset
 from boneage.evaluate import evaluate_model
+from boneage.model import PAPER_WEIGHTS
+from boneage.model import PRETRAINED_PRESETS
 from boneage.model import build_model
 from boneage.model import get_config
+from boneage.model import is_inception_v3_file
+from boneage.model import load_imagenet_inception
 from common.callbacks import callback_preset
 from common.errors import DataError
 from common.training import check_run_dir
 from common.training import train_and_export
+from common.weights import default_spec
+from common.weights import pretrained_file
+from common.weights import record_trunk
+from common.weights import record_weights
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -64,8 +72,11 @@ def train(
         seed: seed of the split, initialisation, shuffling and augmentation.
         strategy: `auto`, `default`, `mirrored` or `multi-worker`.
         resume: continue an interrupted run in `out_dir`.
-        weights: a local weights file (`.weights.h5`, or a saved `.h5`/`.keras` BoneAgeNet of the
-            same preset) to start from.
+        weights: the start: `"imagenet"` (Keras' InceptionV3, downloaded once into Keras' cache and
+            loaded as far as it fits: `boneage.model.load_imagenet_inception`), `"none"`, a local
+            copy of Keras' InceptionV3 no-top file (loaded the same way), or a weights file of
+            this same model (`.weights.h5`, or a saved `.h5`/`.keras` BoneAgeNet); None = the
+            preset's (ImageNet for Table 1's rows, none for `demo`).
         verbose: 0 quiet, 1 progress.
         **overrides: `BoneAgeConfig` fields, e.g. `image_size_hw=(96, 80)`, `learning_rate=1e-3`.
 
@@ -73,13 +84,15 @@ def train(
         The test metrics (dict, as `metrics.json`).
     """
     check_run_dir(out_dir, resume)
-    if weights is not None and not os.path.isfile(os.fspath(weights)):
-        raise DataError("weights file not found", path=weights)
     if epochs is not None:
         overrides["epochs"] = int(epochs)
     if batch_size is not None:
         overrides["batch_size"] = int(batch_size)
     config = get_config(preset, **overrides)
+    preset_name = preset if isinstance(preset, str) else "custom"
+    spec = default_spec(weights, PAPER_WEIGHTS, preset_name, paper_presets=PRETRAINED_PRESETS)
+    source = pretrained_file(spec, "inception_v3", what=f"boneage preset '{preset_name}'")
+    imagenet_file = source is not None and is_inception_v3_file(source)
     records = load_records(data_dir, seed=seed)
     splits = {name: records[records["split"] == name] for name in SPLIT_NAMES}
     for name, part in splits.items():
@@ -104,10 +117,17 @@ def train(
     val_ds = make_dataset(splits["val"], config=config, training=False, batch_size=batch)
 
     def build():
-        return build_model(preset, weights=weights, **overrides)
+        if not imagenet_file:  # none, or a file of this same model
+            model = build_model(preset, weights=source, **overrides)
+            whole = [layer.name for layer in model.layers if layer.weights]
+            record_trunk(model, whole, spec=spec, source=source, run_dir=out_dir, verbose=verbose)
+            return model
+        model = build_model(preset, **overrides)
+        record = load_imagenet_inception(model, source, config, spec=spec)
+        record_weights(out_dir, record, verbose=verbose)
+        return model
 
     optimizer = functools.partial(keras.optimizers.Adam, learning_rate=config.learning_rate)
-    preset_name = preset if isinstance(preset, str) else "custom"
     trainer, _ = train_and_export(
         build,
         losses={"age_months": "mean_squared_error"},
@@ -120,7 +140,7 @@ def train(
             "preset": preset_name,
             **config.to_dict(),
             "data_dir": os.fspath(data_dir),
-            "weights": None if weights is None else os.fspath(weights),
+            "weights": {"spec": spec, "source": source},
             "split_counts": {k: int(len(v)) for k, v in splits.items()},
             "train_mean_age_months": train_mean,
         },

@@ -120,7 +120,14 @@ def build_parser(package):
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
-    p.add_argument("--weights", default=None, help="local weights file for the backbone")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="imagenet|coco|none|FILE",
+        help="the model's start: imagenet (keras.applications trunk, downloaded once into Keras' "
+        "cache ~/.keras/models or $KERAS_HOME/models), coco (deepra's detectors), none, or a "
+        "local weights file (default: the paper's start for the paper preset, none otherwise)",
+    )
     # one run per folder (common.runlock): --overwrite starts afresh in a used folder
     p.add_argument(
         "--overwrite",

@@ -78,6 +78,10 @@ TINY_RESNET_CONFIG = {
     "use_pre_activation": False,
 }
 
+#: The paper's start (§4.2.1: "ResNet50 ... pretrained on COCO"; §4.3.1: EfficientNets pretrained
+#: on ImageNet): `--weights coco` loads both.
+PAPER_WEIGHTS = "coco"
+
 
 @keras.saving.register_keras_serializable(package="deepra")
 class FingerDetector(keras_hub.models.RetinaNetObjectDetector):
@@ -250,10 +254,67 @@ def build_detector(preset="paper-hand", **overrides):
         prediction_decoder=decoder,
         name=f"detector_{config['limb_kind']}",
     )
+    if config["pretrained"] == "coco":
+        model.weights_record = load_coco_backbone(model, config)
+    elif config["pretrained"] is not None:
+        raise ValueError(f"Unknown pretrained '{config['pretrained']}'. Available: [None, 'coco']")
     if config["weights"]:
         model.load_weights(config["weights"])
     model.deepra_config = config
     return model
+
+
+def check_coco_fit(config):
+    """Raises `DataError` unless keras-hub's COCO RetinaNet backbone fits a detector configuration.
+
+    `retinanet_resnet50_fpn_coco` is a ResNet-50 v1 (bottleneck blocks 3-4-6-3) with a feature
+    pyramid P3-P7 built from C5 (`use_p5=False`, no FPN batch norm): the `paper-hand` and
+    `paper-foot` detectors exactly. Its heads predict COCO's classes, so ours start fresh.
+
+    Args:
+        config: a detector configuration (`detector_config`).
+    """
+    fits = (
+        config["encoder"] == "resnet50"
+        and config["min_level"] == 3
+        and config["max_level"] == 7
+        and not config["use_p5"]
+    )
+    if not fits:
+        from common.errors import DataError
+
+        raise DataError(
+            f"--weights coco: keras-hub's COCO RetinaNet (ResNet-50, P3-P7) does not fit the "
+            f"detector {config['limb_kind']} with encoder {config['encoder']}, levels "
+            f"P{config['min_level']}-P{config['max_level']}; use the paper preset, or "
+            "--weights none"
+        )
+
+
+def load_coco_backbone(model, config):
+    """Loads keras-hub's COCO RetinaNet backbone into a detector; returns the load record.
+
+    Args:
+        model: a detector from `build_detector` (the paper's ResNet-50 FPN).
+        config: its configuration.
+
+    Returns:
+        The record (`common.weights.copy_model_weights`): the encoder and pyramid layers loaded,
+        the classification and box heads fresh.
+    """
+    from common.weights import COCO_RETINANET_PRESET
+    from common.weights import copy_model_weights
+    from common.weights import fetch_coco_backbone
+    from common.weights import weighted_layers
+
+    check_coco_fit(config)
+    source = fetch_coco_backbone(COCO_RETINANET_PRESET)
+    record = copy_model_weights(
+        model.backbone, source, spec="coco", source_name=f"keras-hub {COCO_RETINANET_PRESET}"
+    )
+    inside = {id(layer) for layer in weighted_layers(model.backbone)}
+    record["fresh"] += [layer.name for layer in weighted_layers(model) if id(layer) not in inside]
+    return record
 
 
 def compile_detector(model, config=None, optimizer=None):

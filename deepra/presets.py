@@ -200,6 +200,7 @@ def _detector_preset(limb_kind, *, demo, description):
         "max_detections": 100,
         "encoder_weights": None,
         "weights": None,
+        "pretrained": None,
         "box_loss_weight": 20.0,
         **_DETECTOR_TRAINING,
         "description": description,

@@ -88,11 +88,18 @@ from common.reports import write_csv
 from common.training import CHECKPOINT_DIR
 from common.training import Trainer
 from common.training import check_run_dir
+from common.weights import default_spec
+from common.weights import pretrained_file
+from common.weights import record_trunk
+from common.weights import record_weights
+from common.weights import weighted_layers
 from deepra import data
 from deepra import pipeline
 from deepra.columns import JOINT_MODELS
 from deepra.columns import score_max
+from deepra.detector import PAPER_WEIGHTS
 from deepra.detector import build_detector
+from deepra.detector import check_coco_fit
 from deepra.detector import compile_detector
 from deepra.detector import decode_detections
 from deepra.detector import decode_per_class
@@ -327,7 +334,18 @@ def _train_detector(kind, boxes, *, config, out_dir, strategy, resume, seed, ver
     stage_dir = Path(out_dir) / "stages" / name
 
     def build():
-        return build_detector(config["detectors"][kind], **_detector_build_overrides(settings))
+        model = build_detector(config["detectors"][kind], **_detector_build_overrides(settings))
+        record = getattr(model, "weights_record", None)
+        if record is not None:  # COCO
+            record_weights(out_dir, record, key=name, verbose=verbose)
+            return model
+        source = settings.get("encoder_weights") or None
+        encoder = [layer.name for layer in weighted_layers(model.backbone.image_encoder)]
+        spec = source or "none"
+        record_trunk(
+            model, encoder, spec=spec, source=source, run_dir=out_dir, key=name, verbose=verbose
+        )
+        return model
 
     monitor = {} if val_ds is not None else {"monitor": "loss", "mode": "min"}
     trainer = Trainer(
@@ -514,8 +532,19 @@ def _train_joint_model(key, records, *, config, out_dir, strategy, resume, seed,
             f"{len(val)} validation crops, {settings['epochs']} epochs",
             flush=True,
         )
+
+    def build():
+        model = build_joint_model(settings)
+        trunk = [layer.name for layer in weighted_layers(model.get_layer("backbone"))]
+        source = settings["backbone_weights"]
+        spec = config.get("weights_spec", "none") if source else "none"
+        record_trunk(
+            model, trunk, spec=spec, source=source, run_dir=out_dir, key=key, verbose=verbose
+        )
+        return model
+
     trainer = Trainer(
-        lambda: build_joint_model(settings),
+        build,
         losses={name: settings["loss"] for name in outputs},
         optimizer=functools.partial(keras.optimizers.Adam, settings["learning_rate"]),
         strategy=strategy,
@@ -541,11 +570,34 @@ def _train_joint_model(key, records, *, config, out_dir, strategy, resume, seed,
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve_weights(weights, config):
-    """Puts a local weights file (or folder) into the model overrides of a pipeline config."""
-    if weights is None:
+def _resolve_weights(weights, config, preset):
+    """Puts the models' starts into the overrides of a pipeline config (`config["weights_spec"]`).
+
+    `coco` (the `paper` preset's default, as §4.2.1 and §4.3.1): the detectors' backbone from
+    keras-hub's COCO RetinaNet, the joint models' EfficientNets from ImageNet. `imagenet`: the
+    joint models from ImageNet, the detectors from scratch (keras-hub's ResNet-50 encoder has no
+    keras.applications ImageNet file; its COCO backbone is `coco`). `none`: all from scratch. A
+    file or folder: as before (see `train`).
+    """
+    spec = default_spec(weights, PAPER_WEIGHTS, preset)
+    config["weights_spec"] = spec
+    if spec == "none":
         return
-    path = Path(weights)
+    if spec in ("imagenet", "coco"):
+        found = {}
+        for key in JOINT_MODELS:
+            backbone = joint_model_settings(config, key)["backbone"]
+            found[key] = pretrained_file(
+                "imagenet", backbone, what=f"deepra joint model {key} ({backbone})"
+            )
+        config["backbone_weights_by_model"] = found
+        if spec == "coco":
+            for kind in ("hand", "foot"):
+                check_coco_fit(detector_settings(config, kind))
+            overrides = dict(config.get("detector_overrides") or {})
+            config["detector_overrides"] = {**overrides, "pretrained": "coco"}
+        return
+    path = Path(spec)
     if not path.exists():
         raise DataError("weights file not found", path=path)
     joint = dict(config.get("joint_overrides") or {})
@@ -612,9 +664,12 @@ def train(
         strategy: "auto", "default", "mirrored" or "multi-worker".
         resume: continue an interrupted run in `out_dir` (finished models are kept, an
             interrupted one continues from its last epoch).
-        weights: a local weights file for the joint models' EfficientNet backbones, or a folder
-            with keras.applications' `efficientnetb{3,4,5}_notop.h5` (and `resnet50.weights.h5`
-            for the detectors' encoder).
+        weights: the models' start: `"coco"` (the detectors' backbone from keras-hub's COCO
+            RetinaNet, the joint models' EfficientNets from ImageNet, as the paper), `"imagenet"`
+            (the joint models from ImageNet, the detectors from scratch), `"none"`, a local
+            weights file for the joint models' EfficientNet backbones, or a folder with
+            keras.applications' `efficientnetb{3,4,5}_notop.h5` (and `resnet50.weights.h5` for
+            the detectors' encoder); None = the preset's (`paper`: coco; `demo`: none).
         verbose: 0 quiet, 1 progress.
         **overrides: pipeline configuration keys (`train_config`).
 
@@ -634,7 +689,7 @@ def train(
         if batch_size is not None:
             overrides.setdefault(f"{key}_batch_size", int(batch_size))
     config = train_config(preset, **overrides)
-    _resolve_weights(weights, config)
+    _resolve_weights(weights, config, preset)
     config["data_dir"] = os.fspath(data_dir)
 
     films = data.read_records(data_dir)

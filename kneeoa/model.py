@@ -73,6 +73,10 @@ from kneeoa.presets import NUM_KL_GRADES
 from kneeoa.presets import PRESETS
 from kneeoa.presets import TABLE1_ACCURACY  # noqa: F401  (re-exported for kneeoa.evaluate)
 
+#: The paper's start (§3.5: "All models were trained from scratch"); `--weights imagenet` loads
+#: Keras' ImageNet VGG-16 / ResNet-50 into the trunk instead.
+PAPER_WEIGHTS = "none"
+
 BASES = ("vgg16", "resnet50", "antony-clsf", "antony-ext", "small-vgg")
 COMBINATIONS = ("single", "early-fusion", "multi-loss")
 
@@ -369,6 +373,22 @@ def build_model(preset="paper", *, weights=None, **overrides):
             raise DataError("weights file not found", path=weights)
         model.load_weights(weights)
     return model
+
+
+def trunk_layer_names(model, config):
+    """Names of the model's base-network layers with weights (what an ImageNet file fills).
+
+    Args:
+        model: a model from `build_model`.
+        config: its configuration (`resolve_config`).
+
+    Returns:
+        list of layer names; the attention branches and heads are the rest.
+    """
+    head = {"fusion_logits"}
+    for branch in config["branches"]:
+        head.update({f"{branch}_attention", f"{branch}_logits"})
+    return [layer.name for layer in model.layers if layer.weights and layer.name not in head]
 
 
 # --------------------------------------------------------------------------- explanation

@@ -9,15 +9,19 @@ import keras
 import numpy as np
 
 from common.callbacks import callback_preset
-from common.errors import DataError
 from common.training import check_run_dir
 from common.training import train_and_export
+from common.weights import default_spec
+from common.weights import pretrained_file
+from common.weights import record_trunk
 from kneeoa.data import load_records
 from kneeoa.data import make_dataset
 from kneeoa.evaluate import evaluate_model
+from kneeoa.model import PAPER_WEIGHTS
 from kneeoa.model import build_model
 from kneeoa.model import output_names
 from kneeoa.model import resolve_config
+from kneeoa.model import trunk_layer_names
 
 
 def _val_accuracy(targets, predictions, *, branch):
@@ -57,7 +61,9 @@ def train(
         seed: seed of the split, initialisation, shuffling and augmentation.
         strategy: `auto`, `default`, `mirrored` or `multi-worker`.
         resume: continue an interrupted run in `out_dir`.
-        weights: a local ImageNet weights file for the VGG-16 / ResNet-50 trunk.
+        weights: the trunk's start: `"imagenet"` (Keras' VGG-16 / ResNet-50 file, downloaded once
+            into Keras' cache), `"none"`, or a local weights file of that trunk; None = the
+            preset's (`none`: the paper trains from scratch, §3.5).
         verbose: 0 quiet, 1 progress.
         layout: which data set `data_dir` holds when it holds several (`kneeoa.data.LAYOUTS`);
             None reads the one there (two are an error naming both).
@@ -67,10 +73,11 @@ def train(
         The test metrics (dict, as `metrics.json`).
     """
     check_run_dir(out_dir, resume)
-    if weights is not None:
-        if not os.path.isfile(weights):
-            raise DataError("weights file not found", path=weights)
-        overrides["backbone_weights"] = os.fspath(weights)
+    spec = default_spec(weights, PAPER_WEIGHTS, preset)
+    base = resolve_config(preset, **overrides)["base"]
+    source = pretrained_file(spec, base, what=f"kneeoa preset '{preset}' (base {base})")
+    if source is not None:
+        overrides["backbone_weights"] = os.fspath(source)
     config = resolve_config(preset, **overrides)
     if epochs is not None:
         config["epochs"] = int(epochs)
@@ -91,7 +98,16 @@ def train(
     names = output_names(config)
 
     def build():
-        return build_model(preset, **{k: v for k, v in config.items() if k != "preset"})
+        model = build_model(preset, **{k: v for k, v in config.items() if k != "preset"})
+        record_trunk(
+            model,
+            trunk_layer_names(model, config),
+            spec=spec,
+            source=source,
+            run_dir=out_dir,
+            verbose=verbose,
+        )
+        return model
 
     optimizer = functools.partial(
         keras.optimizers.Adam,

@@ -55,6 +55,9 @@ _APPLICATIONS = {
     "densenet201": "DenseNet201",
 }
 _BN_EPSILON = 1.001e-5
+#: The slides' start ("Keras DenseNet169, trained on imagenet") for the presets that follow them.
+PAPER_WEIGHTS = "imagenet"
+PRETRAINED_PRESETS = ("paper", "base")
 
 
 def get_config(preset="paper", **overrides):

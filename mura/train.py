@@ -32,6 +32,9 @@ from common.callbacks import callback_preset
 from common.errors import DataError
 from common.training import check_run_dir
 from common.training import train_and_export
+from common.weights import default_spec
+from common.weights import pretrained_file
+from common.weights import record_trunk
 from mura.data import load_records
 from mura.data import make_dataset
 from mura.data import study_probabilities
@@ -40,6 +43,8 @@ from mura.ensemble import ensemble_members
 from mura.ensemble import topk_dir
 from mura.evaluate import evaluate_model
 from mura.model import OUTPUT_NAME
+from mura.model import PAPER_WEIGHTS
+from mura.model import PRETRAINED_PRESETS
 from mura.model import MURAConfig
 from mura.model import build_model
 from mura.model import get_config
@@ -128,8 +133,10 @@ def train(
         resume: continue an interrupted run in `out_dir` from its last checkpoint, with the
             configuration and seed saved in its `config.json` (`preset` and `seed` are then
             ignored; `epochs`, `batch_size` and overrides still apply, e.g. more epochs).
-        weights: a local weights file for the DenseNet backbone (e.g. Keras' ImageNet
-            `densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5`).
+        weights: the backbone's start: `"imagenet"` (Keras' DenseNet file, downloaded once into
+            Keras' cache), `"none"`, or a local weights file for the backbone (e.g. Keras'
+            `densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5`); None = the preset's
+            (`paper` and `base`: ImageNet, as the slides; `demo`: none).
         verbose: 0 quiet, 1 progress.
         config_overrides: `KEY=VALUE` strings (`--set`), see `parse_overrides`.
         **overrides: other `MURAConfig` fields, e.g. `input_shape=(96, 96, 3)`.
@@ -144,10 +151,6 @@ def train(
     """
     check_run_dir(out_dir, resume)
     overrides = {**parse_overrides(config_overrides), **overrides}
-    if weights is not None:
-        if not os.path.isfile(weights):
-            raise DataError("weights file not found", path=weights)
-        overrides["weights"] = os.fspath(weights)
     if epochs is not None:
         overrides["epochs"] = int(epochs)
     if batch_size is not None:
@@ -160,6 +163,12 @@ def train(
         preset_name = saved.get("preset", "custom")
         seed = int(saved.get("seed", seed))
     config = get_config(preset, **overrides)
+    if weights is None and config.weights is not None:
+        weights = config.weights  # `--set weights=FILE`
+    spec = default_spec(weights, PAPER_WEIGHTS, preset_name, paper_presets=PRETRAINED_PRESETS)
+    trunk = config.backbone if config.backbone != "densenet" else None
+    source = pretrained_file(spec, trunk, what=f"mura preset '{preset_name}' ({config.backbone})")
+    config = get_config(config, weights=source)
     if config.val_fraction <= 0:
         raise ValueError("val_fraction must be > 0: training monitors the validation loss")
     if config.ensemble_size > 1 and config.ensemble_size > min(
@@ -203,8 +212,16 @@ def train(
             found.append(TopKWeights(topk_dir(run_dir), k=config.top_k_checkpoints))
         return found
 
+    def build():
+        model = build_model(config)
+        trunk_layers = [layer.name for layer in model.layers if layer.name != OUTPUT_NAME]
+        record_trunk(
+            model, trunk_layers, spec=spec, source=source, run_dir=out_dir, verbose=verbose
+        )
+        return model
+
     trainer, _ = train_and_export(
-        lambda: build_model(config),
+        build,
         # Per-example binary cross-entropy; the engine multiplies it by the per-study-type
         # sample weights of `load_records` (MURA §3).
         losses={OUTPUT_NAME: "binary_crossentropy"},

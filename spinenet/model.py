@@ -60,6 +60,9 @@ from spinenet.presets import SPIDER_TASKS  # noqa: F401  (re-exported)
 BRANCH_POINTS = ("none", "conv3", "conv4", "conv5", "fc6", "fc7")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
+#: §4: "from scratch without any pre-training" (and VGG-M has no keras.applications weights).
+PAPER_WEIGHTS = "none"
+
 _ARCHITECTURE_KEYS = ("input_shape", "conv_filters", "fc_units", "dropout", "branch_point", "tasks")
 
 

@@ -36,6 +36,9 @@ from common.errors import DataError
 from common.losses import MaskedSparseCategoricalCrossentropy
 from common.training import check_run_dir
 from common.training import train_and_export
+from common.weights import default_spec
+from common.weights import pretrained_file
+from common.weights import record_trunk
 from spinenet.data import class_weights
 from spinenet.data import load_volumes
 from spinenet.data import make_dataset
@@ -43,6 +46,7 @@ from spinenet.data import read_dataset
 from spinenet.data import task_targets
 from spinenet.evaluate import evaluate_model
 from spinenet.metrics import mean_per_class_accuracy
+from spinenet.model import PAPER_WEIGHTS
 from spinenet.model import build_model
 from spinenet.model import get_config
 from spinenet.model import set_input_mean
@@ -116,8 +120,9 @@ def train(
         seed: seed of the patient split, the initialisation, shuffling and augmentation.
         strategy: `auto`, `default`, `mirrored` or `multi-worker`.
         resume: continue an interrupted run in `out_dir` from its last checkpoint.
-        weights: a local `.weights.h5` / `.h5` / `.keras` file to start from (the paper trains
-            from scratch; there is no pre-trained SpineNet to download).
+        weights: `"none"` or a local `.weights.h5` / `.h5` / `.keras` file to start from; None =
+            `none` (the paper trains "from scratch without any pre-training", §4; VGG-M has no
+            keras.applications ImageNet file, so `imagenet` and `coco` stop with one line).
         verbose: 0 quiet, 1 progress.
         **overrides: other configuration keys (`learning_rate`, `lr_patience`, `tta` (False:
             evaluate on the centre view only), `conv_filters`, `rotation_deg`, ...; see
@@ -129,8 +134,9 @@ def train(
     check_run_dir(out_dir, resume)
     # Flags left unset on the command line (e.g. no `--no-tta`) arrive as None: keep the preset's.
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if weights is not None and not os.path.isfile(os.fspath(weights)):
-        raise DataError("weights file not found", path=weights)
+    spec = default_spec(weights, PAPER_WEIGHTS, preset)
+    # VGG-M is no keras.applications trunk: imagenet and coco stop here with one line.
+    weights = pretrained_file(spec, None, what=f"spinenet preset '{preset}' (VGG-M)")
     config = resolve_training_config(preset, epochs=epochs, batch_size=batch_size, **overrides)
     records = read_dataset(data_dir, seed=seed)
     splits = {name: records[records["split"] == name] for name in ("train", "val", "test")}
@@ -181,6 +187,8 @@ def train(
             **architecture,
         )
         set_input_mean(model, input_mean)
+        whole = [layer.name for layer in model.layers if layer.weights]
+        record_trunk(model, whole, spec=spec, source=weights, run_dir=out_dir, verbose=verbose)
         return model
 
     def optimizer():
