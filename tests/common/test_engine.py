@@ -157,3 +157,44 @@ def test_float16_overflow_skips_the_step_and_lowers_the_scale():
     assert scale < 2.0**15, scale  # started at 2**15, halved on each non-finite step
     for b, a in zip(before, after, strict=True):
         np.testing.assert_array_equal(b, a)  # no step applied with inf gradients
+
+
+# ---------------------------------------------------------------- the train command's flags
+def _package(seen):
+    import types
+
+    def train(data_dir, out_dir, **kwargs):
+        seen.append(("train", engine_defaults(), keras.config.dtype_policy().name))
+
+    def predict(model, inputs, out_dir, *, explain=False):
+        seen.append(("predict", None, keras.config.dtype_policy().name))
+
+    module = types.ModuleType("enginepkg", "Stand-in package.")
+    module.__dict__.update(PRESETS={"demo": {}, "paper": {}}, train=train, predict=predict)
+    return module
+
+
+def test_cli_flags_reach_the_engine_and_the_dtype_policy(tmp_path, capsys):
+    from common.cli import main
+    from common.training import set_engine_defaults
+
+    seen = []
+    package = _package(seen)
+    common = ["train", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "run")]
+    saved = engine_defaults()
+    try:
+        assert main(package, common) == 0
+        assert seen[-1] == ("train", saved, "float32")  # auto on a CPU: float32; logs on
+        flags = ["--no-tensorboard", "--jit-compile", "--steps-per-execution", "7"]
+        assert main(package, [*common, *flags, "--precision", "mixed_bfloat16"]) == 0
+        options = {"steps_per_execution": 7, "jit_compile": True, "tensorboard": False}
+        assert seen[-1] == ("train", options, "mixed_bfloat16")
+        argv = ["predict", "--model", "m.keras", "--input", "a.png", "--out-dir", str(tmp_path)]
+        assert main(package, [*argv, "--precision", "mixed_float16"]) == 0
+        assert seen[-1][2] == "mixed_float16"
+        with pytest.raises(SystemExit) as exit_info:
+            main(package, [*common, "--precision", "half"])
+        assert exit_info.value.code == 2
+        assert "invalid choice: 'half'" in capsys.readouterr().err
+    finally:
+        set_engine_defaults(**saved)

@@ -21,9 +21,10 @@ from common.training import Trainer
 SCRIPT = os.path.join(os.path.dirname(__file__), "engine_script.py")
 
 
-def _run(mode, out, run_dir="-", epochs=4, sleep=0.0, env=None, timeout=300):
+def _run(mode, out, run_dir="-", epochs=4, sleep=0.0, env=None, timeout=300, steps=4):
+    """Runs engine_script.py; `steps` per compiled call (4: a chunk of 4 and a short one of 2)."""
     return subprocess.run(
-        [sys.executable, SCRIPT, mode, str(out), str(run_dir), str(epochs), str(sleep)],
+        [sys.executable, SCRIPT, mode, str(out), str(run_dir), str(epochs), str(sleep), str(steps)],
         capture_output=True,
         text=True,
         env=env or subprocess_env(),
@@ -51,6 +52,28 @@ def test_mirrored_two_replicas_equals_default_for_same_global_batch(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(d["loss"], m["loss"], rtol=1e-5)
     assert d["loss"][-1] < d["loss"][0]
+    # and 4 steps per compiled call train exactly as 1 step per call
+    single = _run("default", tmp_path / "single.npz", steps=1)
+    assert single.returncode == 0, single.stderr[-2000:]
+    w_single, s = _weights(tmp_path / "single.npz")
+    for a, b in zip(w_default, w_single, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(d["loss"], s["loss"], rtol=1e-6)
+
+
+def test_mirrored_float16_scales_the_loss_and_follows_float32(tmp_path):
+    run = _run(
+        "mirrored", tmp_path / "m16.npz", env=subprocess_env(ENGINE_PRECISION="mixed_float16")
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    reference = _run("default", tmp_path / "d32.npz")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    _, m16 = _weights(tmp_path / "m16.npz")
+    _, d32 = _weights(tmp_path / "d32.npz")
+    assert int(m16["replicas"]) == 2 and bool(m16["loss_scaled"])
+    assert not bool(d32["loss_scaled"])
+    assert np.all(np.isfinite(m16["loss"]))
+    np.testing.assert_allclose(m16["loss"], d32["loss"], rtol=2e-2)
 
 
 @pytest.mark.multiworker
@@ -72,6 +95,7 @@ def test_two_workers_on_localhost_train_to_identical_weights(tmp_path):
                     str(tmp_path / "run"),
                     "4",
                     "0",
+                    "4",
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -110,6 +134,7 @@ def test_sigkill_mid_epoch_then_resume_keeps_history(tmp_path):
             str(run_dir),
             str(epochs),
             "0.15",
+            "4",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
