@@ -122,6 +122,9 @@ def run(workdir=None, *, passes=7, sweep=SWEEP):
             "pass_ratio_best_worst": [round(ratios[0], 3), round(ratios[-1], 3)],
             "engine_cpu_ms_per_step": round(statistics.median(cpu_ms["engine"]), 4),
             "fit_cpu_ms_per_step": round(statistics.median(cpu_ms["fit"]), 4),
+            "cpu_ratio": round(
+                statistics.median(cpu_ms["engine"]) / statistics.median(cpu_ms["fit"]), 3
+            ),
             "engine_ms_per_step_by_n": by_n,
             "steps": STEPS,
             "batch": BATCH,
