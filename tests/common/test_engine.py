@@ -198,3 +198,12 @@ def test_cli_flags_reach_the_engine_and_the_dtype_policy(tmp_path, capsys):
         assert "invalid choice: 'half'" in capsys.readouterr().err
     finally:
         set_engine_defaults(**saved)
+
+
+def test_jit_compiled_steps_train_as_the_plain_ones():
+    plain, history_plain, _ = _fit(3, epochs=2)
+    jit, history_jit, _ = _fit(3, epochs=2, jit_compile=True)
+    assert jit.jit_compile and not plain.jit_compile
+    for a, b in zip(plain.model.get_weights(), jit.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(history_plain[-1]["loss"], history_jit[-1]["loss"], rtol=1e-5)
