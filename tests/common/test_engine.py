@@ -170,7 +170,12 @@ def _package(seen):
         seen.append(("predict", None, keras.config.dtype_policy().name))
 
     module = types.ModuleType("enginepkg", "Stand-in package.")
-    module.__dict__.update(PRESETS={"demo": {}, "paper": {}}, train=train, predict=predict)
+    module.__dict__.update(
+        PRESETS={"demo": {}, "paper": {}},
+        train=train,
+        predict=predict,
+        inspect_dataset=lambda root: {},
+    )
     return module
 
 
