@@ -559,6 +559,7 @@ def build_model(preset="paper", weights=None, **overrides) -> keras.Model:
         1,
         kernel_regularizer=keras.regularizers.L2(config.l2) if config.l2 else None,
         bias_initializer=keras.initializers.Constant(config.output_bias_months),
+        dtype="float32",  # the output stays float32 under mixed precision (common.precision)
         name="age_months",
     )(x)
     name = preset if isinstance(preset, str) else "custom"

@@ -21,6 +21,7 @@ import sys
 import traceback
 
 from common.errors import DataError
+from common.precision import PRECISIONS
 
 # The names of `--strategy`, as `common.distribute.STRATEGIES` (a test keeps the two equal):
 # building the parser must not import TensorFlow, so `--help` and `--version` stay fast.
@@ -149,6 +150,8 @@ def build_parser(package):
     p.add_argument("--out-dir", required=True, help="folder for predictions.csv (and overlays)")
     p.add_argument("--explain", action="store_true", help="write one explanation overlay per input")
 
+    add_engine_arguments(sub)
+
     for command, arguments in getattr(package, "CLI_ARGUMENTS", {}).items():
         target = sub.choices[command]
         for flags, options in arguments:
@@ -160,6 +163,60 @@ def build_parser(package):
                 raise KeyError(f"{name}.CLI_HELP: `{command}` has no flag {flag}")
             actions[flag].help = text
     return parser
+
+
+# ---------------------------------------------------------------- precision and engine flags
+def add_engine_arguments(sub):
+    """Adds `--precision` (train, evaluate, predict) and the training engine's flags (train).
+
+    Args:
+        sub: the subparsers action of `build_parser`.
+    """
+    for command in ("train", "evaluate", "predict"):
+        sub.choices[command].add_argument(
+            "--precision",
+            default="auto",
+            choices=PRECISIONS,
+            help="compute precision: auto = mixed_float16 on a CUDA GPU with compute "
+            "capability >= 7.0, else float32 (default auto)",
+        )
+    p = sub.choices["train"]
+    p.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+    p.add_argument(
+        "--steps-per-execution",
+        type=positive_int,
+        default=None,
+        help="training steps per compiled call; per-batch callbacks run once per call "
+        "(default 16, see README)",
+    )
+    p.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help="do not write TensorBoard logs to RUN/tensorboard/",
+    )
+
+
+def configure_run(args):
+    """Applies the precision and engine flags of a parsed command before the package runs.
+
+    Sets Keras' dtype policy (`common.precision.set_precision`) for `train`, `evaluate` and
+    `predict`, and the `Trainer` defaults (`common.training.engine_options`) for `train`.
+    """
+    if args.command not in ("train", "evaluate", "predict"):
+        return
+    from common.precision import set_precision
+
+    set_precision(args.precision)
+    if args.command == "train":
+        from common.training import DEFAULT_STEPS_PER_EXECUTION
+        from common.training import set_engine_defaults
+
+        set_engine_defaults(
+            steps_per_execution=args.steps_per_execution or DEFAULT_STEPS_PER_EXECUTION,
+            jit_compile=bool(args.jit_compile),
+            tensorboard=bool(args.tensorboard),
+        )
 
 
 def _extras(package, command, args):
@@ -291,6 +348,7 @@ def dispatch(package, args):
     """Runs one parsed subcommand against the package API."""
     command = args.command
     extras = _extras(package, command, args)
+    configure_run(args)
     if command == "synthesize":
         kwargs = {"seed": args.seed, **extras}
         if args.num_subjects is not None:

@@ -97,12 +97,15 @@ def load_model(path, *, custom_objects=None, compile=False, safe_mode=True):
             # optimizer that cannot take the saved one's slots; without `compile` they are unused.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         try:
-            return keras.models.load_model(
+            model = keras.models.load_model(
                 path, custom_objects=objects, compile=compile, safe_mode=safe_mode
             )
         except ValueError as error:
             _raise_naming_model(path, error)
             raise
+        from common.precision import convert_model
+
+        return convert_model(model)  # to the run's --precision, if one was set
 
 
 def _raise_naming_model(path, error):

@@ -14,12 +14,24 @@ Keras 3 `Model.fit` fails under `tf.distribute.MultiWorkerMirroredStrategy` (ker
   callback state) that `resume=True` continues from, and rewrites `history.csv`, so a run killed
   at any moment, even by SIGKILL, loses at most the epoch in progress.
 
+- `steps_per_execution` steps run inside ONE compiled function (a `tf.while_loop` over the
+  distributed iterator); the loss sums stay on the device and are read once per call, so Python
+  and the host sync cost once per N steps, not once per step. Per-batch callbacks (and the
+  progress bar) are therefore called once per N steps, with the index of the last step run;
+  epoch-level results are the same for every N. A short last chunk (fewer than N batches left)
+  ends the loop early inside the same compiled function: no retracing per epoch;
+- under a `mixed_float16` policy the optimizer is wrapped in `keras.optimizers.LossScaleOptimizer`
+  (dynamic loss scaling), under every strategy; `jit_compile=True` compiles each replica's
+  forward and backward pass with XLA;
+- TensorBoard logs go to `RUN/tensorboard/` (chief only) unless turned off.
+
 Multi-worker runs assume `run_dir` is on a file system every worker can read (for `resume`);
 only the chief writes to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -41,6 +53,54 @@ CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 _CALLBACK_STATE_ATTRS = ("wait", "best", "cooldown_counter", "stopped_epoch", "best_epoch")
+TENSORBOARD_DIR = "tensorboard"
+# The default number of steps per compiled call: measured on a tiny model on 2 CPU cores
+# (`python -m bench --only engine`, README "The engine"): the time per step falls until about
+# 16 steps per call and is flat beyond; per-batch callbacks run once per call.
+DEFAULT_STEPS_PER_EXECUTION = 16
+_ENGINE_DEFAULTS = {
+    "steps_per_execution": DEFAULT_STEPS_PER_EXECUTION,
+    "jit_compile": False,
+    "tensorboard": True,
+}
+
+
+def engine_defaults():
+    """The engine options a `Trainer` takes when it is not given them (a dict copy).
+
+    Keys: `steps_per_execution` (int), `jit_compile` (bool), `tensorboard` (bool).
+    """
+    return dict(_ENGINE_DEFAULTS)
+
+
+def set_engine_defaults(**options):
+    """Sets the engine defaults of the `Trainer`s created from now on (the `train` command's flags).
+
+    Args:
+        **options: `steps_per_execution`, `jit_compile`, `tensorboard`; a value of None keeps the
+            current default.
+    """
+    unknown = sorted(set(options) - set(_ENGINE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown engine options {unknown}. Available: {sorted(_ENGINE_DEFAULTS)}")
+    _ENGINE_DEFAULTS.update({k: v for k, v in options.items() if v is not None})
+
+
+@contextlib.contextmanager
+def engine_options(**options):
+    """Sets engine defaults for the `Trainer`s created inside the block (the `train` command's flags).
+
+    Args:
+        **options: `steps_per_execution`, `jit_compile`, `tensorboard`; a value of None keeps the
+            current default.
+    """
+    saved = dict(_ENGINE_DEFAULTS)
+    set_engine_defaults(**options)
+    try:
+        yield engine_defaults()
+    finally:
+        _ENGINE_DEFAULTS.clear()
+        _ENGINE_DEFAULTS.update(saved)
 
 
 def _per_example_loss(spec):
@@ -118,6 +178,15 @@ class Trainer:
         verbose: 0 silent, 1 progress bar per epoch (chief only).
         compile_fn: optional callable `(model, optimizer)` that compiles the model (inside the
             scope); defaults to `model.compile(optimizer=optimizer)`.
+        steps_per_execution: training steps per compiled call (>= 1); default
+            `engine_defaults()["steps_per_execution"]`. Per-batch callbacks run once per call.
+        jit_compile: compile each replica's forward and backward pass with XLA; default
+            `engine_defaults()["jit_compile"]`.
+        tensorboard: write TensorBoard logs to `run_dir/tensorboard/` (chief only, needs
+            `run_dir`); default `engine_defaults()["tensorboard"]`.
+
+    Under a `mixed_float16` dtype policy (see `common.precision`) the optimizer is wrapped in
+    `keras.optimizers.LossScaleOptimizer`; `self.optimizer` is the wrapper.
     """
 
     def __init__(
@@ -134,7 +203,20 @@ class Trainer:
         seed=0,
         verbose=1,
         compile_fn=None,
+        steps_per_execution=None,
+        jit_compile=None,
+        tensorboard=None,
     ):
+        defaults = engine_defaults()
+        self.steps_per_execution = int(
+            defaults["steps_per_execution"] if steps_per_execution is None else steps_per_execution
+        )
+        if self.steps_per_execution < 1:
+            raise ValueError(
+                f"steps_per_execution must be at least 1. Received: {steps_per_execution}"
+            )
+        self.jit_compile = bool(defaults["jit_compile"] if jit_compile is None else jit_compile)
+        tensorboard = bool(defaults["tensorboard"] if tensorboard is None else tensorboard)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.chief = is_chief(self.strategy)
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
@@ -147,6 +229,7 @@ class Trainer:
                 self.optimizer = keras.optimizers.get(optimizer)
             else:
                 self.optimizer = optimizer()
+            self.optimizer = _with_loss_scaling(self.model, self.optimizer)
             if compile_fn is not None:
                 compile_fn(self.model, self.optimizer)
             else:
@@ -185,6 +268,17 @@ class Trainer:
         if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
             callbacks = callbacks(self._file_dir or self.run_dir)
         self.callbacks = list(callbacks or [])
+        if (
+            tensorboard
+            and self.chief
+            and self.run_dir is not None
+            and not any(isinstance(c, keras.callbacks.TensorBoard) for c in self.callbacks)
+        ):
+            self.callbacks.append(
+                keras.callbacks.TensorBoard(
+                    os.path.join(self.run_dir, TENSORBOARD_DIR), write_graph=False
+                )
+            )
         self._train_step = None
         self._predict_step = None
 
@@ -231,15 +325,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _make_train_step(self):
+        """A compiled `(iterator, steps) -> (sums, steps run)`: up to `steps` training steps.
+
+        `sums` is one float32 vector: the per-output loss sums, the example count and the
+        regularisation (summed over steps and replicas). The loop stops early when the iterator
+        ends (`get_next_as_optional`, agreed on by every worker), so the short last chunk of an
+        epoch runs in the same traced function.
+        """
         strategy = self.strategy
         model = self.model
         optimizer = self.optimizer
+        names = list(self.losses)
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-        def step_fn(batch):
+        def gradients_fn(batch, global_count):
             inputs, targets, sample_weights = _unpack(batch)
-            local_count = tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float32)
-            context = tf.distribute.get_replica_context()
-            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
             with tf.GradientTape() as tape:
                 predictions = model(inputs, training=True)
                 if self.model_loss:
@@ -253,20 +353,44 @@ class Trainer:
                 if model.losses:
                     regularization = tf.add_n([tf.cast(v, tf.float32) for v in model.losses])
                     loss = loss + regularization / strategy.num_replicas_in_sync
+                if scaled:
+                    loss = optimizer.scale_loss(loss)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            return sums, regularization, gradients
+
+        if self.jit_compile:
+            gradients_fn = tf.function(gradients_fn, jit_compile=True, reduce_retracing=True)
+
+        def step_fn(batch):
+            inputs = _unpack(batch)[0]
+            local_count = tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float32)
+            context = tf.distribute.get_replica_context()
+            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
+            sums, regularization, gradients = gradients_fn(batch, global_count)
             variables = model.trainable_variables
-            gradients = tape.gradient(loss, variables)
+            # a LossScaleOptimizer unscales, skips non-finite steps and adapts its scale
             optimizer.apply_gradients(
                 [(g, v) for g, v in zip(gradients, variables) if g is not None]
             )
-            return sums, local_count, regularization / strategy.num_replicas_in_sync
+            return tf.stack(
+                [tf.cast(sums[k], tf.float32) for k in names]
+                + [local_count, regularization / strategy.num_replicas_in_sync]
+            )
 
-        @tf.function(reduce_retracing=True)
-        def train_step(batch):
-            sums, count, regularization = strategy.run(step_fn, args=(batch,))
-            reduce = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa: E731
-            return {k: reduce(v) for k, v in sums.items()}, reduce(count), reduce(regularization)
+        @tf.function
+        def train_chunk(iterator, steps):
+            total = tf.zeros([len(names) + 2], tf.float32)
+            done = tf.constant(0, tf.int32)
+            for _ in tf.range(steps):
+                optional = iterator.get_next_as_optional()
+                if not optional.has_value():
+                    break
+                values = strategy.run(step_fn, args=(optional.get_value(),))
+                total += strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
+                done += 1
+            return total, done
 
-        return train_step
+        return train_chunk
 
     def _make_predict_step(self):
         model = self.model
@@ -441,26 +565,33 @@ class Trainer:
         return history
 
     def _run_epoch(self, dataset, callback_list, steps_per_epoch):
-        distributed = self.strategy.experimental_distribute_dataset(dataset)
-        sums = {name: 0.0 for name in self.losses}
-        count = 0.0
-        regularization = 0.0
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        names = list(self.losses)
+        total = np.zeros(len(names) + 2, np.float64)
         steps = 0
-        for batch in distributed:
-            if steps_per_epoch is not None and steps >= steps_per_epoch:
-                break
+        while steps_per_epoch is None or steps < steps_per_epoch:
+            chunk = self.steps_per_execution
+            if steps_per_epoch is not None:
+                chunk = min(chunk, steps_per_epoch - steps)
             callback_list.on_train_batch_begin(steps)
-            batch_sums, batch_count, batch_reg = self._train_step(batch)
-            for name in sums:
-                sums[name] += float(batch_sums[name])
-            count += float(batch_count)
-            regularization += float(batch_reg)
-            steps += 1
-            logs = self._epoch_logs(sums, count, regularization / steps)
+            values, done = self._train_step(iterator, tf.constant(chunk, tf.int32))
+            done = int(done)  # the one host sync of a chunk
+            if done == 0:
+                break
+            total += np.asarray(values, np.float64)
+            steps += done
+            logs = self._logs_from_total(total, steps)
             callback_list.on_train_batch_end(steps - 1, logs)
+            if done < chunk:
+                break
         if steps == 0:
             raise ValueError("The training dataset is empty: no batch in an epoch.")
-        return self._epoch_logs(sums, count, regularization / steps)
+        return self._logs_from_total(total, steps)
+
+    def _logs_from_total(self, total, steps):
+        names = list(self.losses)
+        sums = {name: float(total[i]) for i, name in enumerate(names)}
+        return self._epoch_logs(sums, float(total[len(names)]), float(total[-1]) / steps)
 
     def _epoch_logs(self, sums, count, regularization, prefix=""):
         count = max(count, 1.0)
@@ -559,6 +690,18 @@ class Trainer:
         return logs
 
 
+def _with_loss_scaling(model, optimizer):
+    """`optimizer` wrapped in `keras.optimizers.LossScaleOptimizer` when the model computes in float16."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    float16 = any(
+        getattr(layer, "compute_dtype", None) == "float16" for layer in model._flatten_layers()
+    )
+    if float16:
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def check_run_dir(out_dir, resume):
     """Refuses to start a new run in a folder that holds a checkpoint (call before reading data).
 
@@ -641,6 +784,8 @@ def train_and_export(
                 "strategy": strategy_name,
                 "replicas": strategy.num_replicas_in_sync,
                 "resume": bool(resume),
+                "precision": keras.config.dtype_policy().name,
+                **engine_defaults(),
             },
             echo=verbose > 0,
         )

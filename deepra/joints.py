@@ -184,7 +184,10 @@ def build_joint_model(config):
         y = layers.Dropout(config["dropout"], name=f"head_dropout{i}")(y)
         y = layers.Dense(int(units), activation="relu", name=f"head_dense{i}")(y)
     y = layers.Dropout(config["dropout"], name="head_dropout_out")(y)
-    outputs = {name: layers.Dense(1, name=name)(y) for name in config["output_names"]}
+    # float32 under mixed precision (common.precision)
+    outputs = {
+        name: layers.Dense(1, dtype="float32", name=name)(y) for name in config["output_names"]
+    }
     model = keras.Model(inputs, outputs, name=f"deepra_{config['task']}_{config['head']}")
     if config["weights"]:
         model.load_weights(config["weights"])

@@ -325,7 +325,7 @@ def apply_kl_head(x, *, name, num_classes=NUM_KL_GRADES):
         Class probabilities `(B, num_classes)`.
     """
     logits = layers.Dense(num_classes, name=f"{name}_logits")(x)
-    return layers.Softmax(name=name)(logits)
+    return layers.Softmax(name=name, dtype="float32")(logits)  # float32 under mixed precision
 
 
 def build_model(preset="paper", *, weights=None, **overrides):

@@ -346,7 +346,8 @@ def build_model(preset="paper", **overrides):
     pooled = layers.GlobalAveragePooling2D(name=POOL_LAYER)(features)
     if config.dropout_rate > 0:
         pooled = layers.Dropout(config.dropout_rate, name="top_dropout")(pooled)
-    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT_NAME)(pooled)
+    # float32 under mixed precision (common.precision)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(pooled)
     name = f"mura_{config.backbone}_{config.input_shape[0]}x{config.input_shape[1]}"
     return keras.Model(inputs, {OUTPUT_NAME: outputs}, name=name)
 

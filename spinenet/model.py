@@ -234,7 +234,8 @@ def build_model(preset="paper", *, weights=None, **overrides) -> keras.Model:
         for stage in STAGES[shared:]:
             y = _apply_stage(y, stage, config, prefix=f"{task}_")
         logits = layers.Dense(classes, name=f"{task}_fc8")(y)
-        outputs[task] = layers.Activation("softmax", name=task)(logits)
+        # float32 under mixed precision (common.precision)
+        outputs[task] = layers.Activation("softmax", name=task, dtype="float32")(logits)
     model = keras.Model(inputs, outputs, name=f"spinenet_{preset}")
     if weights is not None:
         if not os.path.isfile(os.fspath(weights)):

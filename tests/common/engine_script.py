@@ -1,9 +1,12 @@
 """A tiny training run driven by `common.training.Trainer`, executed in a subprocess by the tests.
 
-Usage: python engine_script.py MODE OUT_NPZ RUN_DIR [EPOCHS] [SLEEP_PER_STEP_S]
+Usage: python engine_script.py MODE OUT_NPZ RUN_DIR [EPOCHS] [SLEEP_PER_STEP_S] [STEPS_PER_EXECUTION]
 MODE: default | mirrored (two logical CPUs) | multi-worker (reads TF_CONFIG) | resume (default + resume)
+ENGINE_PRECISION in the environment sets `common.precision.set_precision` (default float32).
+6 batches per epoch: STEPS_PER_EXECUTION 4 (the tests' default) runs a chunk of 4, then a short one of 2.
 """
 
+import os
 import sys
 import time
 
@@ -12,6 +15,7 @@ import numpy as np
 MODE, OUT, RUN_DIR = sys.argv[1], sys.argv[2], sys.argv[3]
 EPOCHS = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 SLEEP = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+STEPS = int(sys.argv[6]) if len(sys.argv) > 6 else 4
 
 from common.distribute import configure_logical_cpus  # noqa: E402
 
@@ -24,7 +28,10 @@ import tensorflow as tf  # noqa: E402
 from common.callbacks import callback_preset  # noqa: E402
 from common.distribute import strategy_from_name  # noqa: E402
 from common.losses import MaskedSparseCategoricalCrossentropy  # noqa: E402
+from common.precision import set_precision  # noqa: E402
 from common.training import Trainer  # noqa: E402
+
+set_precision(os.environ.get("ENGINE_PRECISION", "float32"))
 
 
 def build():
@@ -76,6 +83,7 @@ trainer = Trainer(
     callbacks=lambda d: callback_preset("knee", d, lr_patience=1, stop_patience=None),
     seed=1,
     verbose=0,
+    steps_per_execution=STEPS,
 )
 history = trainer.fit(dataset, dataset(), epochs=EPOCHS, resume=MODE == "resume")
 np.savez(
@@ -84,5 +92,6 @@ np.savez(
     loss=np.array([row["loss"] for row in history]),
     epochs=np.array([row["epoch"] for row in history]),
     replicas=np.array(strategy.num_replicas_in_sync),
+    loss_scaled=np.array(isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)),
 )
 print("DONE", strategy.num_replicas_in_sync, [round(row["loss"], 5) for row in history], flush=True)

@@ -21,9 +21,10 @@ from common.training import Trainer
 SCRIPT = os.path.join(os.path.dirname(__file__), "engine_script.py")
 
 
-def _run(mode, out, run_dir="-", epochs=4, sleep=0.0, env=None, timeout=300):
+def _run(mode, out, run_dir="-", epochs=4, sleep=0.0, env=None, timeout=300, steps=4):
+    """Runs engine_script.py; `steps` per compiled call (4: a chunk of 4 and a short one of 2)."""
     return subprocess.run(
-        [sys.executable, SCRIPT, mode, str(out), str(run_dir), str(epochs), str(sleep)],
+        [sys.executable, SCRIPT, mode, str(out), str(run_dir), str(epochs), str(sleep), str(steps)],
         capture_output=True,
         text=True,
         env=env or subprocess_env(),
@@ -39,22 +40,43 @@ def _weights(path):
 _free_ports = free_ports
 
 
-def test_mirrored_two_replicas_equals_default_for_same_global_batch(tmp_path):
-    default = _run("default", tmp_path / "default.npz")
-    mirrored = _run("mirrored", tmp_path / "mirrored.npz")
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One default-strategy run (4 epochs, 4 steps per call), shared by the equality tests."""
+    path = tmp_path_factory.mktemp("default") / "default.npz"
+    default = _run("default", path)
     assert default.returncode == 0, default.stderr[-2000:]
+    return path
+
+
+def test_mirrored_two_replicas_equals_default_for_same_global_batch(tmp_path, default_run):
+    mirrored = _run("mirrored", tmp_path / "mirrored.npz")
     assert mirrored.returncode == 0, mirrored.stderr[-2000:]
-    w_default, d = _weights(tmp_path / "default.npz")
+    w_default, d = _weights(default_run)
     w_mirrored, m = _weights(tmp_path / "mirrored.npz")
     assert int(d["replicas"]) == 1 and int(m["replicas"]) == 2
     for a, b in zip(w_default, w_mirrored, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(d["loss"], m["loss"], rtol=1e-5)
     assert d["loss"][-1] < d["loss"][0]
+    # (4 steps per call train as 1 per call: tests/common/test_engine.py, in process)
+
+
+def test_mirrored_float16_scales_the_loss_and_follows_float32(tmp_path, default_run):
+    run = _run(
+        "mirrored", tmp_path / "m16.npz", env=subprocess_env(ENGINE_PRECISION="mixed_float16")
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    _, m16 = _weights(tmp_path / "m16.npz")
+    _, d32 = _weights(default_run)
+    assert int(m16["replicas"]) == 2 and bool(m16["loss_scaled"])
+    assert not bool(d32["loss_scaled"])
+    assert np.all(np.isfinite(m16["loss"]))
+    np.testing.assert_allclose(m16["loss"], d32["loss"], rtol=2e-2)
 
 
 @pytest.mark.multiworker
-def test_two_workers_on_localhost_train_to_identical_weights(tmp_path):
+def test_two_workers_on_localhost_train_to_identical_weights(tmp_path, default_run):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     procs = []
@@ -72,6 +94,7 @@ def test_two_workers_on_localhost_train_to_identical_weights(tmp_path):
                     str(tmp_path / "run"),
                     "4",
                     "0",
+                    "4",
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -92,9 +115,7 @@ def test_two_workers_on_localhost_train_to_identical_weights(tmp_path):
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]
     # the same number of replicas and identical losses as one process with the same global batch
-    default = _run("default", tmp_path / "d.npz")
-    assert default.returncode == 0, default.stderr[-2000:]
-    _, d = _weights(tmp_path / "d.npz")
+    _, d = _weights(default_run)
     np.testing.assert_allclose(d0["loss"], d["loss"], rtol=1e-4)
 
 
@@ -110,6 +131,7 @@ def test_sigkill_mid_epoch_then_resume_keeps_history(tmp_path):
             str(run_dir),
             str(epochs),
             "0.15",
+            "4",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
