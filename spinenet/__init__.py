@@ -47,14 +47,6 @@ CLI_ARGUMENTS = {
     "train": [_NO_TTA],
     "evaluate": [
         _NO_TTA,
-        (
-            ("--split",),
-            {
-                "choices": ("test", "val", "train"),
-                "default": "test",
-                "help": "which split of the 80:10:10 split by patient to evaluate (default test)",
-            },
-        ),
     ],
     "predict": [
         _NO_TTA,
