@@ -238,4 +238,67 @@ def _blank_identifiers(ds):
         setattr(ds, tag, "")
 
 
-__all__ = ["CODING_SCHEME", "MANUFACTURER", "source_reference", "write_dicom_results"]
+
+
+
+def suite_version():
+    """The installed suite's version, or "0" when it is run from a source tree."""
+    try:
+        from importlib.metadata import version
+
+        return version("msk-radiology-suite")
+    except Exception:  # noqa: BLE001  (not installed: a source checkout)
+        return "0"
+
+
+def write_predict_dicoms(dicom_out, items, *, package, verbose=1):
+    """The `--dicom-out` files of one `predict`: `write_dicom_results` per DICOM input.
+
+    Args:
+        dicom_out: the `--dicom-out` folder, or None (then nothing is written).
+        items: dicts with `source` (the DICOM input), `name` (its name in outputs), `overlay`
+            (the overlay PNG written by `--explain`), `measurements` and `findings` (see
+            `write_dicom_results`). Non-DICOM inputs are not listed.
+        package: the package's name.
+        verbose: print where the files went.
+
+    Returns:
+        The paths written.
+    """
+    if dicom_out is None:
+        return []
+    import cv2
+
+    written = []
+    version = suite_version()
+    for item in items:
+        bgr = cv2.imread(os.fspath(item["overlay"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"could not read back the overlay {item['overlay']}")
+        written.extend(
+            write_dicom_results(
+                item["source"],
+                dicom_out,
+                name=item["name"],
+                overlay_rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+                measurements=item.get("measurements", ()),
+                findings=item.get("findings", ()),
+                package=package,
+                version=version,
+            )
+        )
+    if verbose:
+        print(
+            f"{len(written) // 2} DICOM inputs: Secondary Capture + SR each in {dicom_out}",
+            flush=True,
+        )
+    return written
+
+__all__ = [
+    "CODING_SCHEME",
+    "MANUFACTURER",
+    "source_reference",
+    "suite_version",
+    "write_dicom_results",
+    "write_predict_dicoms",
+]
