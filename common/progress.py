@@ -103,3 +103,14 @@ def progress(iterable=None, *, desc, total=None, unit="items", enabled=True, str
         stream=stream if enabled else None,
         lines=lines,
     )
+
+
+def progress_callback(bar):
+    """A `callback(n_done)` (total done so far) that advances `bar` by the new items."""
+    state = {"done": 0}
+
+    def callback(done):
+        bar.update(int(done) - state["done"])
+        state["done"] = int(done)
+
+    return callback
