@@ -72,6 +72,8 @@ import os
 import keras
 from keras import layers
 
+from common.options import look_up_option
+
 MIXED_KINDS = ("mixed5", "mixed7", "mixed9")
 
 # Table 1 of the paper: (β, n.Mixed5, n.Mixed7, n.Mixed9), and the two head variants.
@@ -270,8 +272,8 @@ def get_config(preset="paper", **overrides) -> BoneAgeConfig:
         config = preset
     elif isinstance(preset, dict):
         config = _from_dict(preset)
-    elif isinstance(preset, str) and preset in PRESETS:
-        config = PRESETS[preset]
+    elif isinstance(preset, str):
+        config = PRESETS[look_up_option(preset, PRESETS)]  # hyphens or underscores
     else:
         raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
     if overrides:

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
 
+from common.options import look_up_option
 from deepra.columns import FOOT_CLASSES
 from deepra.columns import HAND_CLASSES
 
@@ -257,8 +258,7 @@ def detector_config(preset="paper-hand", **overrides):
     Returns:
         dict (a copy).
     """
-    if preset not in DETECTOR_PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(DETECTOR_PRESETS)}")
+    preset = look_up_option(preset, DETECTOR_PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(DETECTOR_PRESETS[preset])
     unknown = sorted(set(overrides) - set(config))
     if unknown:

@@ -69,6 +69,7 @@ from keras import layers
 
 from common.errors import DataError
 from common.layers import AttentionBranch
+from common.options import look_up_option
 
 NUM_KL_GRADES = 5
 
@@ -259,8 +260,7 @@ def resolve_config(preset="paper", **overrides):
     Raises:
         ValueError: unknown preset, unknown override key or an inconsistent configuration.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
+    preset = look_up_option(preset, PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(PRESETS[preset])
     unknown = sorted(set(overrides) - set(config))
     if unknown:

@@ -40,6 +40,8 @@ import keras
 from keras import layers
 from keras import ops
 
+from common.options import look_up_option
+
 OUTPUT_NAME = "abnormal"
 CAM_FEATURE_LAYER = "relu"
 POOL_LAYER = "avg_pool"
@@ -177,8 +179,8 @@ def get_config(preset="paper", **overrides):
     elif isinstance(preset, dict):
         _check_names(preset, fields, "config key")
         config = MURAConfig(**_normalise_fields(preset))
-    elif isinstance(preset, str) and preset in PRESETS:
-        config = PRESETS[preset]
+    elif isinstance(preset, str):
+        config = PRESETS[look_up_option(preset, PRESETS)]  # hyphens or underscores
     else:
         raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
     _check_names(overrides, fields, "override")

@@ -76,8 +76,13 @@ CLI_ARGUMENTS = {
     ],
 }
 
+# The shared flags, in SpineNet's terms (a forward pass takes discs, 54 views each with TTA).
+_BATCH = "discs per forward pass (with test-time augmentation, 54 views each; default: 2, else 64)"
+CLI_HELP = {"evaluate": {"--batch-size": _BATCH}, "predict": {"--batch-size": _BATCH}}
+
 __all__ = [
     "CLI_ARGUMENTS",
+    "CLI_HELP",
     "PRESETS",
     "build_model",
     "evaluate",

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from common import reports
 from common.errors import DataError
 from common.export import load_model
 from common.inference import output_path
+from common.progress import progress
 from spinenet.augment import VolumeAugmentConfig
 from spinenet.data import CONTEXT_EXTRA_SLICES
 from spinenet.data import CONTEXT_MARGIN_PX
@@ -781,7 +781,9 @@ def predict(
         augment = hotspot_augmentation(config)
         taken, names = set(), []
         tasks = list(probabilities)
-        for index in tqdm(range(len(records)), desc="hotspots", unit="disc", disable=not verbose):
+        for index in progress(
+            range(len(records)), desc="hotspots", unit="discs", enabled=bool(verbose)
+        ):
             classes = {t: default_explained_class(probabilities[t][index]) for t in tasks}
             maps = task_hotspots(
                 model,

@@ -53,6 +53,8 @@ import numpy as np
 from keras import layers
 from keras import ops
 
+from common.options import look_up_option
+
 BRANCH_POINTS = ("none", "conv3", "conv4", "conv5", "fc6", "fc7")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
@@ -140,8 +142,7 @@ def get_config(preset="paper", **overrides) -> dict:
     Returns:
         A new dict (the preset is not modified).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
+    preset = look_up_option(preset, PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(PRESETS[preset])
     for key, value in overrides.items():
         if key not in config:
