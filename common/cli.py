@@ -64,6 +64,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         lookup = getattr(action, "package_default", None)
         if default is None and lookup is not None:
             default = _package_default(*lookup)
+            if default is None:
+                default = "the run's"
         if default is None or isinstance(default, bool):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
@@ -167,7 +169,12 @@ def build_parser(package):
     p.add_argument("--out-dir", required=True, help="run folder (model, report, checkpoints)")
     p.add_argument("--preset", default="demo", help="model preset (default demo)", **preset_options)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: preset's)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="global batch size (default: preset's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")

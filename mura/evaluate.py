@@ -692,13 +692,13 @@ def predict(
     images["image"] = [names.name(p) for p in paths]
     images["probability"] = probs
     if explain:
-        used, names = set(), []
+        used, overlays = set(), []
         for path, prob, cam in zip(paths, probs, cams, strict=True):
             name = _overlay_name(path, used, names)
             png = cam_overlay_png(read_image(path), cam, f"{names.name(path)} p={prob:.2f}")
             reports.save_png(output_path(out_dir, name), png)
-            names.append(name)
-        images["overlay"] = names
+            overlays.append(name)
+        images["overlay"] = overlays
     aggregations = {
         "body_part": ("body_part", "first"),
         "num_images": ("image", "size"),
