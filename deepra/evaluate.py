@@ -836,7 +836,7 @@ def predict(
             beside its attention weights, titled with the columns it predicts).
         batch_size: films per detector pass (the joint models take 8x as many crops).
         link_uids: name DICOM films by SOP Instance UID and add their Study, Series and SOP
-            Instance UIDs (`;`-joined per patient, in film order) to `predictions.csv`; a
+            Instance UIDs (distinct ones `;`-joined per patient) to `predictions.csv`; a
             patient with a DICOM film is named by a salted hash of the ID its file names give,
             with or without it (`common.identifiers`).
         dicom_out: folder for a Secondary Capture (the film's attention overlay) and an SR (the
@@ -894,7 +894,7 @@ def predict(
         per_patient = (
             pd.Series(values, index=films.index)
             .groupby(films["patient_id"])
-            .agg(lambda v: ";".join(x for x in v if x))
+            .agg(lambda v: ";".join(dict.fromkeys(x for x in v if x)))
         )
         table[column] = [per_patient.get(p, "") for p in table["Patient_ID"]]
     if explain:
