@@ -348,12 +348,12 @@ def model_package(path):
     Returns:
         A name of `PACKAGES`, or None when the file does not tell (unreadable, not ours).
     """
+    import zipfile
+
     path = os.fspath(path)
     text = None
     try:
         if path.endswith(".keras"):
-            import zipfile
-
             with zipfile.ZipFile(path) as archive:
                 text = archive.read("config.json").decode("utf-8")
         elif path.endswith((".h5", ".hdf5")):
@@ -366,7 +366,7 @@ def model_package(path):
         if text is None:
             return None
         config = json.loads(text)
-    except (OSError, KeyError, ValueError, RuntimeError):
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile):
         return None
     found = []
     name = str((config.get("config") or {}).get("name", "")) if isinstance(config, dict) else ""
