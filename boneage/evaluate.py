@@ -34,7 +34,9 @@ from common.dicom_out import write_predict_dicoms
 from common.errors import DataError
 from common.export import load_model
 from common.identifiers import InputNames
+from common.identifiers import data_name
 from common.identifiers import dicom_sex
+from common.identifiers import report_caption
 from common.image_io import is_dicom_file
 from common.image_io import read_image
 from common.inference import collect_image_paths
@@ -250,7 +252,7 @@ def _sample_cams(model, records, config, count=6):
         image = read_image(row["image_path"])
         sex_text = "M" if int(row["male"]) else "F"
         title = (
-            f"{Path(row['image_path']).name} ({sex_text}): true {row['age_months']:.0f}, "
+            f"{report_caption(row['image_path'])} ({sex_text}): true {row['age_months']:.0f}, "
             f"predicted {ages[i]:.0f} months"
         )
         items.append((cam_overlay_png(image, cams[i], title), title))
@@ -306,7 +308,7 @@ def evaluate_model(
     metrics["rsna_reference"] = dict(RSNA_REFERENCE)
     frame = pd.DataFrame(
         {
-            "image": [Path(p).name for p in records["image_path"]],
+            "image": [data_name(p, out_dir) for p in records["image_path"]],
             "sex": np.where(male == 1, "M", "F"),
             "age_months": y_true,
             "predicted_age_months": np.round(y_pred, 3),

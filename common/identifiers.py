@@ -105,6 +105,22 @@ def dicom_sex(path):
     return {"M": 1, "F": 0}.get(sex)
 
 
+def report_caption(path):
+    """An image's name in report captions: its file name, or "DICOM image" for DICOM files.
+
+    Reports carry neither the hashes nor the UIDs of DICOM inputs, and never their file names.
+    """
+    return "DICOM image" if is_dicom_file(path) else Path(path).name
+
+
+def data_name(path, out_dir):
+    """An image's name in an evaluation's `predictions.csv`: its file name, or for DICOM files
+    the salted hash of `InputNames` (salt of `out_dir`)."""
+    if not is_dicom_file(path):
+        return Path(path).name
+    return InputNames(out_dir).name(path)
+
+
 class InputNames:
     """The names of a `predict`'s inputs in its outputs (see the module docstring).
 
@@ -179,8 +195,10 @@ __all__ = [
     "SALT_ENV",
     "SALT_FILE",
     "UID_COLUMNS",
+    "data_name",
     "dicom_sex",
     "output_salt",
     "read_dicom_header",
+    "report_caption",
     "salted_hash",
 ]

@@ -45,6 +45,7 @@ from common import reports
 from common.dicom_out import write_predict_dicoms
 from common.errors import DataError
 from common.identifiers import InputNames
+from common.identifiers import report_caption
 from common.identifiers import salted_hash
 from common.image_io import read_image
 from common.inference import collect_image_paths
@@ -331,7 +332,7 @@ def _crop_overlays(joint_results, count=6):
             for name in ("distal_erosion", "proximal_erosion")
             if f"{name}__true" in record
         )
-        title = f"{Path(record['path']).name} {record['crop']} ({scores})"
+        title = f"{report_caption(record['path'])} {record['crop']} ({scores})"
         png = reports.overlay_png(
             records.attrs["crops"][int(i)], records.attrs["attention"][int(i)], title=title
         )
@@ -594,7 +595,7 @@ def evaluate_pipeline(
             shown.append(
                 (
                     _png(detection_overlay(read_image(path), boxes)),
-                    f"Stage 1 on {Path(path).name} (green: detected, orange: prior box)",
+                    f"Stage 1 on {report_caption(path)} (green: detected, orange: prior box)",
                 )
             )
     if shown:

@@ -15,6 +15,8 @@ from common import reports
 from common.dicom_out import write_predict_dicoms
 from common.export import load_model
 from common.identifiers import InputNames
+from common.identifiers import data_name
+from common.identifiers import report_caption
 from common.inference import collect_image_paths
 from common.inference import metrics_with_ci
 from common.inference import output_path
@@ -120,7 +122,9 @@ def _sample_overlays(model, records, config, count=6):
             if key not in out:
                 continue
             mask = np.asarray(out[key][i])[..., 0]
-            title = f"{Path(row['path']).name} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            title = (
+                f"{report_caption(row['path'])} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            )
             items.append((reports.overlay_png(image, mask, title=title), title))
     return items
 
@@ -165,7 +169,7 @@ def evaluate_model(model, records, *, config, out_dir, history_path=None, verbos
 
     frame = pd.DataFrame(
         {
-            "image": [Path(p).name for p in records["path"]],
+            "image": [data_name(p, out_dir) for p in records["path"]],
             "side": records.get("side", pd.Series([""] * len(records))).to_numpy(),
             "kl_true": y_true,
             "kl_pred": preds[test_branch],

@@ -140,3 +140,36 @@ def test_evaluate_names_the_package_of_another_packages_model(runs, capfd, tmp_p
     assert code == 2
     assert len(err) == 1 and f"a {owner} model" in err[0] and f"python -m {owner}" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_kneeoa_evaluate_on_dicom_films_names_them_by_hash(runs, capfd, tmp_path):
+    """The OAI layout with DICOM films: evaluate's outputs carry no tag value nor file name."""
+    import numpy as np
+
+    from common.image_io import read_image
+    from kneeoa.synthetic import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "oai", num_subjects=10, seed=0, layout="oai")
+    films = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in (".png", ".dcm") and not p.name.startswith("._")  # macOS junk
+    ]
+    assert films
+    for k, film in enumerate(films):  # every film becomes a marked DICOM of the same pixels
+        pixels = np.round(read_image(film) * 4095).astype(np.uint16)
+        film.unlink()
+        target = film.with_suffix(".dcm")
+        dataset = write_marked_dicom(target, seed=k, shape=pixels.shape)
+        dataset.PixelData = pixels.tobytes()
+        dataset.save_as(str(target), enforce_file_format=True)
+    argv = ["evaluate", "--model", str(runs["kneeoa"]["model"]), "--data-dir", str(root)]
+    code = main(importlib.import_module("kneeoa"), [*argv, "--out-dir", str(tmp_path / "ev")])
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    assert grep_markers(tmp_path / "ev", captured.out, captured.err) == []
+    frame = pd.read_csv(tmp_path / "ev" / "predictions.csv", dtype=str)
+    assert len(frame) and all(name.startswith("dcm-") for name in frame["image"])
+    stems = {film.stem for film in films}
+    report = (tmp_path / "ev" / "report.html").read_text()
+    assert not [s for s in stems if f"{s}.dcm" in report or f"{s}.dcm" in frame.to_csv()]
