@@ -426,6 +426,13 @@ def create_strategy_first(name):
     return strategy_from_name(name)
 
 
+def _check_inference(package, args, extras):
+    """evaluate / predict: refuses another package's model; `--batch-size` when given."""
+    check_model_package(package, args.model)
+    if args.batch_size is not None:
+        extras["batch_size"] = args.batch_size
+
+
 def dispatch(package, args):
     """Runs one parsed subcommand against the package API."""
     command = args.command
@@ -468,9 +475,7 @@ def dispatch(package, args):
 
         wait_for_all_workers(strategy)  # the workers leave together, after the chief's files
     elif command == "evaluate":
-        check_model_package(package, args.model)
-        if args.batch_size is not None:
-            extras["batch_size"] = args.batch_size
+        _check_inference(package, args, extras)
         package.evaluate(
             model=args.model,
             data_dir=args.data_dir,
@@ -479,9 +484,7 @@ def dispatch(package, args):
             **extras,
         )
     elif command == "predict":
-        check_model_package(package, args.model)
-        if args.batch_size is not None:
-            extras["batch_size"] = args.batch_size
+        _check_inference(package, args, extras)
         package.predict(
             model=args.model,
             inputs=args.input,

@@ -686,24 +686,7 @@ def evaluate(
     boxes = data.read_boxes(config.get("boxes") or layout["training_csv"].parent)
     wanted = {str(Path(p).resolve()) for p in test_films["path"]}
     annotations = boxes[[str(Path(p).resolve()) in wanted for p in boxes["image"]]]
-    detections = pipeline.detect_films(
-        detectors,
-        test_films,
-        priors=config.get("box_priors"),
-        mirror_right_limbs=bool(config.get("mirror_right_limbs", True)),
-        box_fusion=bool(config.get("box_fusion", False)),
-        cluster_digits=tuple(config.get("cluster_digits", ())),
-        batch_size=batch_size,
-        progress=progress_callback(
-            progress(
-                desc="evaluate: detecting joints",
-                total=len(test_films),
-                unit="films",
-                enabled=bool(verbose),
-            )
-        ),
-        **pipeline.detector_sides(config),
-    )
+    detections = _detect(detectors, test_films, config, batch_size, "evaluate" if verbose else None)
     return evaluate_pipeline(
         detectors,
         joints,
@@ -858,24 +841,7 @@ def predict(
         read_image(path)  # an unreadable film fails here, before anything is written
     config, models = pipeline.load_run(model)
     detectors, joints = pipeline.split_models(models)
-    detections = pipeline.detect_films(
-        detectors,
-        films,
-        priors=config.get("box_priors"),
-        mirror_right_limbs=bool(config.get("mirror_right_limbs", True)),
-        box_fusion=bool(config.get("box_fusion", False)),
-        cluster_digits=tuple(config.get("cluster_digits", ())),
-        batch_size=batch_size,
-        progress=progress_callback(
-            progress(
-                desc="predict: detecting joints",
-                total=len(films),
-                unit="films",
-                enabled=bool(verbose),
-            )
-        ),
-        **pipeline.detector_sides(config),
-    )
+    detections = _detect(detectors, films, config, batch_size, "predict" if verbose else None)
     if verbose:
         print(f"predict: scoring the joints with {len(joints)} models", file=sys.stderr, flush=True)
     results = pipeline.predict_joints(
@@ -956,6 +922,24 @@ def crop_overlay(crop01, mask, lines, side_px=160):
     for k, line in enumerate(lines):
         cv2.putText(out, line, (3, 13 + 15 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1)
     return out
+
+
+def _detect(detectors, films, config, batch_size, desc):
+    """Stage 1 on `films` with the run's settings; progress under `desc` (None: quiet)."""
+    bar = progress(
+        desc=f"{desc}: detecting joints", total=len(films), unit="films", enabled=bool(desc)
+    )
+    return pipeline.detect_films(
+        detectors,
+        films,
+        priors=config.get("box_priors"),
+        mirror_right_limbs=bool(config.get("mirror_right_limbs", True)),
+        box_fusion=bool(config.get("box_fusion", False)),
+        cluster_digits=tuple(config.get("cluster_digits", ())),
+        batch_size=batch_size,
+        progress=progress_callback(bar),
+        **pipeline.detector_sides(config),
+    )
 
 
 def _pseudonymous_patients(films, names):
