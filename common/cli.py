@@ -140,6 +140,7 @@ def build_parser(package):
     parser = _Parser(prog=f"python -m {name}", description=doc[0] if doc else name)
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub.required = True
+    # Every subcommand (also those added further down) shows its flags' defaults in --help.
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_DefaultsFormatter, **k)
 
