@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
 from boneage.data import load_records
 from boneage.data import make_dataset
@@ -31,12 +30,19 @@ from boneage.model import BoneAgeConfig
 from boneage.model import get_config
 from common import metrics as M
 from common import reports
+from common.dicom_out import write_predict_dicoms
 from common.errors import DataError
 from common.export import load_model
+from common.identifiers import InputNames
+from common.identifiers import data_name
+from common.identifiers import dicom_sex
+from common.identifiers import report_caption
+from common.image_io import is_dicom_file
 from common.image_io import read_image
 from common.inference import collect_image_paths
 from common.inference import metrics_with_ci
 from common.inference import output_path
+from common.progress import progress
 
 # RSNA 2017 test set (200 images), not our data: BoneAgeNet's test MAE (paper 003, Table 1,
 # "Final") and the challenge winner's, as the paper quotes it (§I: "mae= 5.6 months vs mae= 4.3").
@@ -116,11 +122,11 @@ def input_names(model):
 # --------------------------------------------------------------------------- metrics
 
 
-def predict_ages(model, records, config, batch_size=32):
+def predict_ages(model, records, config, batch_size=32, verbose=0):
     """Predicted ages (months, float64 `(N,)`) of `records` in order, without augmentation."""
     ds = make_dataset(records, config=config, training=False, batch_size=batch_size, cache=False)
     out = []
-    for batch in ds:
+    for batch in progress(ds, desc="evaluate", unit="batches", enabled=bool(verbose)):
         inputs = batch[0] if isinstance(batch, tuple) else batch
         out.append(np.asarray(model(inputs, training=False)["age_months"], np.float64)[:, 0])
     return np.concatenate(out)
@@ -246,7 +252,7 @@ def _sample_cams(model, records, config, count=6):
         image = read_image(row["image_path"])
         sex_text = "M" if int(row["male"]) else "F"
         title = (
-            f"{Path(row['image_path']).name} ({sex_text}): true {row['age_months']:.0f}, "
+            f"{report_caption(row['image_path'])} ({sex_text}): true {row['age_months']:.0f}, "
             f"predicted {ages[i]:.0f} months"
         )
         items.append((cam_overlay_png(image, cams[i], title), title))
@@ -294,13 +300,15 @@ def evaluate_model(
         raise DataError("missing bone age", path=first["csv_path"], row=int(first["csv_row"]))
     y_true = records["age_months"].to_numpy(np.float64)
     male = records["male"].to_numpy().astype(int)
-    y_pred = predict_ages(model, records, config, batch_size=int(config.batch_size))
+    y_pred = predict_ages(
+        model, records, config, batch_size=int(config.batch_size), verbose=verbose
+    )
     groups = records["patient_id"].astype(str).to_numpy()
     metrics = age_metrics(y_true, y_pred, male, train_mean_months, groups=groups, seed=seed)
     metrics["rsna_reference"] = dict(RSNA_REFERENCE)
     frame = pd.DataFrame(
         {
-            "image": [Path(p).name for p in records["image_path"]],
+            "image": [data_name(p, out_dir) for p in records["image_path"]],
             "sex": np.where(male == 1, "M", "F"),
             "age_months": y_true,
             "predicted_age_months": np.round(y_pred, 3),
@@ -407,7 +415,7 @@ def _best_val_mae(history_path):
     return float(history["val_mae"].min())
 
 
-def evaluate(model, data_dir, out_dir, *, seed=None, verbose=1):
+def evaluate(model, data_dir, out_dir, *, split="test", seed=None, batch_size=None, verbose=1):
     """Evaluates a saved `.h5` / `.keras` BoneAgeNet on a data set's held-out test split.
 
     Args:
@@ -415,7 +423,9 @@ def evaluate(model, data_dir, out_dir, *, seed=None, verbose=1):
             pipeline and the training mean (else they come from the model and `data_dir`).
         data_dir: a data set in the Kaggle or official RSNA layout.
         out_dir: where `metrics.json`, `report.html`, `predictions.csv` go.
+        split: "test" (default, the held-out split), "val" or "train".
         seed: split seed (default: the run's, else 0).
+        batch_size: images per forward pass (default: the run's).
         verbose: print a summary.
 
     Returns:
@@ -425,9 +435,13 @@ def evaluate(model, data_dir, out_dir, *, seed=None, verbose=1):
     model = load_model(model_path)
     run_config = read_run_config(model_path)
     config = model_config(model, run_config)
+    if batch_size is not None:
+        config = dataclasses.replace(config, batch_size=int(batch_size))
     split_seed = int(run_config.get("seed", 0) if seed is None else seed)
     records = load_records(data_dir, seed=split_seed)
-    test = records[records["split"] == "test"]
+    test = records[records["split"] == split]
+    if test.empty:
+        raise DataError(f"the data set has no {split} images", path=data_dir)
     train_mean = run_config.get("train_mean_age_months")
     if train_mean is None:
         train_mean = float(records.loc[records["split"] == "train", "age_months"].mean())
@@ -525,7 +539,8 @@ def _lookup_sex(image_path, table):
 
 
 def resolve_sexes(paths, *, sex=None, sex_csv=None, required=True):
-    """One sex (1 male, 0 female) per input: from `sex_csv` by file name or stem, else `sex`.
+    """One sex (1 male, 0 female) per input: `sex_csv` by file name or stem, else `sex`, else
+    the DICOM header's `PatientSex` (M or F) for DICOM inputs.
 
     Raises:
         DataError: an input without a sex when `required` (the file is named).
@@ -533,24 +548,31 @@ def resolve_sexes(paths, *, sex=None, sex_csv=None, required=True):
     default = None if sex is None else parse_sex(sex, column="--sex")
     table = read_sex_csv(sex_csv) if sex_csv is not None else {}
     out = []
-    for path in paths:
+    for index, path in enumerate(paths):
         value = _lookup_sex(path, table)
         if value is None:
             value = default
+        if value is None:
+            value = dicom_sex(path)
         if value is None and required:
             source = f"not listed in {Path(sex_csv).name}" if sex_csv else "no --sex given"
-            raise DataError(
-                f"no sex for this image ({source}); the model needs one: pass --sex M|F or "
-                "--sex-csv FILE with columns file,sex",
-                path=path,
+            where = f"DICOM input {index + 1} of {len(paths)}: " if is_dicom_file(path) else ""
+            raise DataError(  # a DICOM input is not named by its file name (common.identifiers)
+                f"{where}no sex for this image ({source}, no PatientSex M/F in a DICOM header); "
+                "the model needs one: pass --sex M|F or --sex-csv FILE with columns file,sex",
+                path=None if where else path,
             )
         out.append(value)
     return out
 
 
-def _overlay_names(paths):
-    """Unique overlay file names: `<stem>_cam.png`, with a hash of the path when stems repeat."""
-    stems = [Path(p).stem for p in paths]
+def _overlay_names(paths, names):
+    """Unique overlay file names: `<stem>_cam.png`, with a hash of the path when stems repeat.
+
+    `names` (`common.identifiers.InputNames`) gives the stems: DICOM inputs are never named by
+    their file names.
+    """
+    stems = [names.stem(p) for p in paths]
     names = []
     for path, stem in zip(paths, stems):
         if stems.count(stem) > 1:
@@ -559,7 +581,19 @@ def _overlay_names(paths):
     return names
 
 
-def predict(model, inputs, out_dir, *, explain=False, sex=None, sex_csv=None, verbose=1):
+def predict(
+    model,
+    inputs,
+    out_dir,
+    *,
+    explain=False,
+    sex=None,
+    sex_csv=None,
+    batch_size=16,
+    link_uids=False,
+    dicom_out=None,
+    verbose=1,
+):
     """Predicts the bone age of image files: one row per image in `OUT/predictions.csv`.
 
     Args:
@@ -569,7 +603,12 @@ def predict(model, inputs, out_dir, *, explain=False, sex=None, sex_csv=None, ve
         explain: also write `OUT/<image>_cam.png`: the class activation map over the image.
         sex: "M" or "F" for every input (the model's sex input).
         sex_csv: a CSV with columns `file,sex` giving each input's sex by file name (or stem);
-            it wins over `sex` for the files it lists.
+            it wins over `sex` for the files it lists. Without either, a DICOM input's
+            `PatientSex` (M or F) is used.
+        batch_size: images per forward pass.
+        link_uids: name DICOM inputs by SOP Instance UID and add their UID columns (else a
+            salted hash; `common.identifiers`).
+        dicom_out: folder for a Secondary Capture and an SR per DICOM input (needs `explain`).
         verbose: progress and a summary line.
 
     Returns:
@@ -607,11 +646,13 @@ def predict(model, inputs, out_dir, *, explain=False, sex=None, sex_csv=None, ve
             "csv_row": 0,
         }
     )
-    overlay_names = _overlay_names(paths) if explain else []
-    ds = make_dataset(records, config=config, training=False, batch_size=16, cache=False)
+    names = InputNames(out_dir, link_uids=link_uids)
+    explain = explain or dicom_out is not None
+    overlay_names = _overlay_names(paths, names) if explain else []
+    ds = make_dataset(records, config=config, training=False, batch_size=batch_size, cache=False)
     predictions, overlays = [], []
     offset = 0
-    for inputs_batch in tqdm(ds, desc="predict", unit="batch", disable=not verbose):
+    for inputs_batch in progress(ds, desc="predict", unit="batches", enabled=bool(verbose)):
         if explain:
             images = np.asarray(inputs_batch["image"])
             sex_batch = np.asarray(inputs_batch["sex"]) if "sex" in inputs_batch else None
@@ -621,7 +662,7 @@ def predict(model, inputs, out_dir, *, explain=False, sex=None, sex_csv=None, ve
                 sex_text = (
                     "" if sexes[offset + i] is None else " (M)" if sexes[offset + i] else " (F)"
                 )
-                title = f"{Path(path).name}{sex_text}: {ages[i]:.0f} months"
+                title = f"{names.name(path)}{sex_text}: {ages[i]:.0f} months"
                 png = cam_overlay_png(read_image(path), cams[i], title)
                 reports.save_png(output_path(out_dir, overlay_names[offset + i]), png)
                 overlays.append(overlay_names[offset + i])
@@ -631,14 +672,32 @@ def predict(model, inputs, out_dir, *, explain=False, sex=None, sex_csv=None, ve
         offset += len(ages)
     frame = pd.DataFrame(
         {
-            "image": [Path(p).name for p in paths],
+            "image": [names.name(p) for p in paths],
             "sex": ["" if s is None else ("M" if s else "F") for s in sexes],
             "predicted_age_months": np.round(predictions, 3),
         }
     )
     if explain:
         frame["overlay"] = overlay_names
+    for column, values in names.uid_columns(paths).items():
+        frame[column] = values
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
+    write_predict_dicoms(
+        dicom_out,
+        (
+            {
+                "source": path,
+                "name": names.name(path),
+                "overlay": os.path.join(out_dir, overlay),
+                "measurements": [("bone age", age, "mo")],
+                "findings": [("sex used", {None: "unknown", 1: "M", 0: "F"}[s])],
+            }
+            for path, overlay, age, s in zip(paths, overlay_names, predictions, sexes, strict=True)
+            if names.is_dicom(path)
+        ),
+        package="boneage",
+        verbose=verbose,
+    )
     if verbose:
         print(
             f"{len(frame)} images: {os.path.join(out_dir, 'predictions.csv')}"

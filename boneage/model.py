@@ -76,6 +76,7 @@ from boneage.presets import PAPER_INPUT_HW  # noqa: F401  (re-exported)
 from boneage.presets import PAPER_TRAINING  # noqa: F401  (re-exported)
 from boneage.presets import PRESETS
 from boneage.presets import BoneAgeConfig
+from common.options import look_up_option
 
 MIXED_KINDS = ("mixed5", "mixed7", "mixed9")
 
@@ -102,8 +103,8 @@ def get_config(preset="paper", **overrides) -> BoneAgeConfig:
         config = preset
     elif isinstance(preset, dict):
         config = _from_dict(preset)
-    elif isinstance(preset, str) and preset in PRESETS:
-        config = PRESETS[preset]
+    elif isinstance(preset, str):
+        config = PRESETS[look_up_option(preset, PRESETS)]  # hyphens or underscores
     else:
         raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
     if overrides:

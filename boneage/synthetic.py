@@ -389,9 +389,9 @@ def write_phantom_dataset(
     subjects, index_rows, train_rows, test_rows = [], [], [], []
     progress = None
     if num_subjects > 200:
-        from tqdm import tqdm
+        from common.progress import progress as _progress
 
-        progress = tqdm(total=num_subjects, desc="boneage phantoms", unit="img")
+        progress = _progress(total=num_subjects, desc="boneage phantoms", unit="img")
     try:
         for i in range(num_subjects):
             is_test = i >= num_train

@@ -21,6 +21,7 @@ import sys
 import traceback
 
 from common.errors import DataError
+from common.options import option_names
 from common.precision import PRECISIONS
 
 # The names of `--strategy`, as `common.distribute.STRATEGIES` (a test keeps the two equal):
@@ -30,6 +31,8 @@ DISTRIBUTION = "msk-radiology-suite"
 
 SUBCOMMANDS = ("synthesize", "inspect", "summary", "train", "evaluate", "predict")
 VERIFY_DEFAULT_LIMIT = 5000
+# The splits `evaluate --split` takes: every package's train makes these three.
+SPLITS = ("test", "val", "train")
 
 
 def positive_int(text):
@@ -73,10 +76,95 @@ def suite_version():
     return config.get("metadata", "version", fallback="unknown")
 
 
+# ------------------------------------------------------------------ defaults shown in every --help
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds `(default: X)` to a flag's help unless the help already names its default.
+
+    A flag whose default is None but that carries `package_default = (function, parameter)`
+    shows the package's own default, read from the signature of `PKG.<function>` only when that
+    help is printed (e.g. `--num-subjects`, which differs per package).
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        default = action.default
+        lookup = getattr(action, "package_default", None)
+        if default is None and lookup is not None:
+            default = _package_default(*lookup)
+            if default is None:
+                default = "the run's"
+        if default is None or isinstance(default, bool):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+def _package_default(package, function, parameter):
+    """The default of `PKG.function(parameter=...)`, or None when it has none."""
+    import inspect
+
+    try:
+        value = inspect.signature(getattr(package, function)).parameters[parameter].default
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return None if value is inspect.Parameter.empty else value
+
+
+def _with_package_default(action, package, function, parameter):
+    action.package_default = (package, function, parameter)
+    return action
+
+
+def _preset_type(presets):
+    """argparse `type` of `--preset`: hyphenated names, with underscore aliases accepted."""
+    from common.options import look_up_option
+
+    def resolve(text):
+        try:
+            return look_up_option(text, presets)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    resolve.__name__ = "preset"
+    return resolve
+
+
+def parse_set_overrides(items):
+    """`KEY=VALUE` strings of `--set` as a dict; a VALUE that parses as JSON is taken as JSON.
+
+    Args:
+        items: e.g. `["learning_rate=1e-3", "image_size_hw=[96,80]", "backbone=densenet"]`, or None.
+
+    Returns:
+        dict of configuration overrides (keys with hyphens read as underscores).
+
+    Raises:
+        ValueError: an item without `=` or with an empty key.
+    """
+    overrides = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        overrides[key] = value
+    return overrides
+
+
 def build_parser(package):
     """The argparse parser of `python -m PKG` for a package module."""
     name = package.__name__
-    presets = sorted(getattr(package, "PRESETS", {}))
+    presets = getattr(package, "PRESETS", {})
+    preset_options = {
+        "type": _preset_type(presets),
+        "metavar": "{" + ",".join(option_names(presets)) + "}",
+    }
     doc = (package.__doc__ or "").strip().splitlines()
     parser = _Parser(prog=f"python -m {name}", description=doc[0] if doc else name)
     parser.add_argument(
@@ -87,10 +175,18 @@ def build_parser(package):
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     sub.required = True
+    # Every subcommand (also those added further down) shows its flags' defaults in --help.
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_DefaultsFormatter, **k)
 
     p = sub.add_parser("synthesize", help="write a phantom data set in the real on-disk layout")
     p.add_argument("--out-dir", required=True, help="folder to write the data set into")
-    p.add_argument("--num-subjects", type=positive_int, default=None, help="subjects to draw")
+    _with_package_default(
+        p.add_argument("--num-subjects", type=positive_int, default=None, help="subjects to draw"),
+        package,
+        "write_phantom_dataset",
+        "num_subjects",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = sub.add_parser(
@@ -108,16 +204,21 @@ def build_parser(package):
 
     p = sub.add_parser("summary", help="build a model (no training) and describe it")
     p.add_argument(
-        "--preset", default="paper", choices=presets, help="model preset (default paper)"
+        "--preset", default="paper", help="model preset (default paper)", **preset_options
     )
     p.add_argument("--json", action="store_true", help="print JSON only")
 
     p = sub.add_parser("train", help="train, then evaluate on the held-out split")
     p.add_argument("--data-dir", required=True, help="the data set's root or the folder holding it")
     p.add_argument("--out-dir", required=True, help="run folder (model, report, checkpoints)")
-    p.add_argument("--preset", default="demo", choices=presets, help="model preset (default demo)")
+    p.add_argument("--preset", default="demo", help="model preset (default demo)", **preset_options)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: preset's)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="global batch size (default: preset's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
@@ -151,6 +252,9 @@ def build_parser(package):
     p.add_argument("--explain", action="store_true", help="write one explanation overlay per input")
 
     add_engine_arguments(sub)
+
+
+    _add_shared_flags(sub.choices, package)
 
     for command, arguments in getattr(package, "CLI_ARGUMENTS", {}).items():
         target = sub.choices[command]
@@ -219,6 +323,57 @@ def configure_run(args):
         )
 
 
+def _add_shared_flags(parsers, package):
+    """The flags every package shares on train, evaluate and predict (issue 18, "Command line").
+
+    `--set` (train) reaches the package's `train(**overrides)`; `--batch-size` (evaluate,
+    predict) and `--split` (evaluate) reach `evaluate` / `predict` as keyword arguments;
+    `--link-uids` and `--dicom-out` (predict) decide how DICOM inputs are named and whether DICOM
+    results are written (`common.identifiers`, `common.dicom_out`).
+    """
+    parsers["train"].add_argument(
+        "--set",
+        action="append",
+        dest="set_overrides",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override one configuration key of the preset (VALUE is JSON when it parses as "
+        "JSON, else text), e.g. --set learning_rate=1e-4; repeatable; an unknown KEY is an "
+        "error listing the known ones",
+    )
+    for command in ("evaluate", "predict"):
+        _with_package_default(
+            parsers[command].add_argument(
+                "--batch-size",
+                type=positive_int,
+                default=None,
+                help="images per forward pass (memory, not results)",
+            ),
+            package,
+            command,
+            "batch_size",
+        )
+    parsers["evaluate"].add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="which split of the data set to evaluate, as train made it (test: the held-out one)",
+    )
+    parsers["predict"].add_argument(
+        "--link-uids",
+        action="store_true",
+        help="name DICOM inputs by their SOP Instance UID and add their Study, Series and SOP "
+        "Instance UIDs to predictions.csv (default off: DICOM inputs are named by a salted hash)",
+    )
+    parsers["predict"].add_argument(
+        "--dicom-out",
+        default=None,
+        metavar="DIR",
+        help="also write, per DICOM input, a Secondary Capture of its overlay and a "
+        "Comprehensive SR with the prediction referencing the input (implies --explain)",
+    )
+
+
 def _extras(package, command, args):
     """Keyword arguments from package-specific flags of a subcommand."""
     extras = {}
@@ -254,13 +409,117 @@ def model_summary(model, preset):
 
 
 def write_config(run_dir, config, *, echo=True):
-    """Writes the resolved configuration of a run to `RUN/config.json` (atomic) and prints it."""
+    """Writes the resolved configuration of a run to `RUN/config.json` (atomic) and logs it.
+
+    The full dump (about 50 lines) goes to `RUN/train.log`, appended with a time stamp, so
+    that a resumed run keeps the configuration of each start; the screen gets one line naming
+    both files.
+    """
+    import time
+
     from common.reports import write_json
 
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), config)
+    config_path = os.path.join(run_dir, "config.json")
+    write_json(config_path, config)
     if echo:
-        print("Configuration:", json.dumps(config, indent=1, default=str), flush=True)
+        log_path = os.path.join(run_dir, TRAIN_LOG)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        dump = json.dumps(config, indent=1, default=str)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"[{stamp}] Configuration:\n{dump}\n")
+        print(f"Configuration: {config_path} (logged in {log_path})", flush=True)
+
+
+# The run's log file: the configuration of every start of the run (see `write_config`).
+TRAIN_LOG = "train.log"
+
+
+def _set_overrides(args, extras):
+    """The `--set` overrides of `train`, refusing keys that a flag of their own sets."""
+    overrides = parse_set_overrides(args.set_overrides)
+    named = {"data_dir", "out_dir", "preset", "epochs", "batch_size", "seed", "strategy"}
+    named |= {"resume", "weights", "verbose", *extras}
+    for key in overrides:
+        if key in named:
+            raise ValueError(f"--set {key}=...: use the --{key.replace('_', '-')} flag instead")
+    return overrides
+
+
+# Packages whose saved models name themselves: Keras objects registered as `PKG>Name`, and model
+# names `PKG_<preset>` (kneeoa_demo, boneage_paper, mura_densenet169_..., spinenet_demo, deepra_...).
+PACKAGES = ("kneeoa", "deepra", "spinenet", "boneage", "mura")
+
+
+def model_package(path):
+    """The package a saved `.keras` / `.h5` model belongs to, read from its stored config.
+
+    Reads only the model's JSON configuration (no TensorFlow, no weights): the top model's name
+    and the packages of its registered Keras objects.
+
+    Args:
+        path: a model file.
+
+    Returns:
+        A name of `PACKAGES`, or None when the file does not tell (unreadable, not ours).
+    """
+    import zipfile
+
+    path = os.fspath(path)
+    text = None
+    try:
+        if path.endswith(".keras"):
+            with zipfile.ZipFile(path) as archive:
+                text = archive.read("config.json").decode("utf-8")
+        elif path.endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                text = handle.attrs.get("model_config")
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
+        if text is None:
+            return None
+        config = json.loads(text)
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile):
+        return None
+    found = []
+    name = str((config.get("config") or {}).get("name", "")) if isinstance(config, dict) else ""
+    found.append(name.split("_", 1)[0])
+
+    def walk(node):
+        if isinstance(node, dict):
+            registered = node.get("registered_name")
+            if isinstance(registered, str) and ">" in registered:
+                found.append(registered.split(">", 1)[0])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    for candidate in found:
+        if candidate in PACKAGES:
+            return candidate
+    return None
+
+
+def check_model_package(package, model_path):
+    """Refuses, in one line, a model saved by another package of the suite (`evaluate --model`).
+
+    Raises:
+        DataError: the model belongs to another package; the message names it and the command to
+            use instead.
+    """
+    if not os.path.isfile(os.fspath(model_path)):
+        return
+    owner = model_package(model_path)
+    if owner is not None and owner != package.__name__:
+        raise DataError(
+            f"this is a {owner} model, not a {package.__name__} one: use python -m {owner}",
+            path=model_path,
+        )
 
 
 def create_strategy_first(name):
@@ -344,6 +603,13 @@ def _end_train(args):
         release(folder)
 
 
+def _check_inference(package, args, extras):
+    """evaluate / predict: refuses another package's model; `--batch-size` when given."""
+    check_model_package(package, args.model)
+    if args.batch_size is not None:
+        extras["batch_size"] = args.batch_size
+
+
 def dispatch(package, args):
     """Runs one parsed subcommand against the package API."""
     command = args.command
@@ -399,18 +665,29 @@ def dispatch(package, args):
             resume=args.resume,
             weights=args.weights,
             **extras,
+            **_set_overrides(args, extras),
         )
         from common.distribute import wait_for_all_workers
 
         wait_for_all_workers(strategy)  # the workers leave together, after the chief's files
     elif command == "evaluate":
-        package.evaluate(model=args.model, data_dir=args.data_dir, out_dir=args.out_dir, **extras)
+        _check_inference(package, args, extras)
+        package.evaluate(
+            model=args.model,
+            data_dir=args.data_dir,
+            out_dir=args.out_dir,
+            split=args.split,
+            **extras,
+        )
     elif command == "predict":
+        _check_inference(package, args, extras)
         package.predict(
             model=args.model,
             inputs=args.input,
             out_dir=args.out_dir,
-            explain=args.explain,
+            explain=args.explain or args.dicom_out is not None,
+            link_uids=args.link_uids,
+            dicom_out=args.dicom_out,
             **extras,
         )
     return 0

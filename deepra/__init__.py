@@ -86,10 +86,12 @@ _RUN_MODEL = (
     "a run's model.h5 or model.keras (the two detectors and six joint models are read from "
     "beside it)"
 )
+_BATCH = "films per detector pass (the joint models take 8x as many crops per pass)"
 CLI_HELP = {
-    "evaluate": {"--model": _RUN_MODEL},
+    "evaluate": {"--model": _RUN_MODEL, "--batch-size": _BATCH},
     "predict": {
         "--model": _RUN_MODEL,
+        "--batch-size": _BATCH,
         "--input": "films named <Patient_ID>-<LH|RH|LF|RF>.jpg (JPEG, PNG or DICOM), folders of "
         "them (a test folder with template.csv is read in its order), or one patient's four "
         "films in the order LH RH LF RF",

@@ -50,6 +50,7 @@ from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabe
 
 from deepra.presets import DETECTOR_PRESETS
 from deepra.presets import TABLE1_AP  # noqa: F401  (re-exported for deepra.evaluate)
+from common.options import look_up_option
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,8 +179,7 @@ def detector_config(preset="paper-hand", **overrides):
     Returns:
         dict (a copy).
     """
-    if preset not in DETECTOR_PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(DETECTOR_PRESETS)}")
+    preset = look_up_option(preset, DETECTOR_PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(DETECTOR_PRESETS[preset])
     unknown = sorted(set(overrides) - set(config))
     if unknown:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -41,11 +42,17 @@ from matplotlib import colormaps
 
 from common import metrics as M
 from common import reports
+from common.dicom_out import write_predict_dicoms
 from common.errors import DataError
+from common.identifiers import InputNames
+from common.identifiers import report_caption
+from common.identifiers import salted_hash
 from common.image_io import read_image
 from common.inference import collect_image_paths
 from common.inference import output_path
 from common.metrics import bootstrap_ci
+from common.progress import progress
+from common.progress import progress_callback
 from deepra import data
 from deepra import pipeline
 from deepra.columns import EROSION_COLUMNS
@@ -325,7 +332,7 @@ def _crop_overlays(joint_results, count=6):
             for name in ("distal_erosion", "proximal_erosion")
             if f"{name}__true" in record
         )
-        title = f"{Path(record['path']).name} {record['crop']} ({scores})"
+        title = f"{report_caption(record['path'])} {record['crop']} ({scores})"
         png = reports.overlay_png(
             records.attrs["crops"][int(i)], records.attrs["attention"][int(i)], title=title
         )
@@ -588,7 +595,7 @@ def evaluate_pipeline(
             shown.append(
                 (
                     _png(detection_overlay(read_image(path), boxes)),
-                    f"Stage 1 on {Path(path).name} (green: detected, orange: prior box)",
+                    f"Stage 1 on {report_caption(path)} (green: detected, orange: prior box)",
                 )
             )
     if shown:
@@ -648,7 +655,9 @@ def _run_films(config, data_dir, split):
     return films
 
 
-def evaluate(model, data_dir, out_dir, *, split="test", column_weights=None, verbose=1):
+def evaluate(
+    model, data_dir, out_dir, *, split="test", column_weights=None, batch_size=8, verbose=1
+):
     """Evaluates a saved DeepRA run on a data set's held-out patients.
 
     Args:
@@ -677,15 +686,7 @@ def evaluate(model, data_dir, out_dir, *, split="test", column_weights=None, ver
     boxes = data.read_boxes(config.get("boxes") or layout["training_csv"].parent)
     wanted = {str(Path(p).resolve()) for p in test_films["path"]}
     annotations = boxes[[str(Path(p).resolve()) in wanted for p in boxes["image"]]]
-    detections = pipeline.detect_films(
-        detectors,
-        test_films,
-        priors=config.get("box_priors"),
-        mirror_right_limbs=bool(config.get("mirror_right_limbs", True)),
-        box_fusion=bool(config.get("box_fusion", False)),
-        cluster_digits=tuple(config.get("cluster_digits", ())),
-        **pipeline.detector_sides(config),
-    )
+    detections = _detect(detectors, test_films, config, batch_size, "evaluate" if verbose else None)
     return evaluate_pipeline(
         detectors,
         joints,
@@ -791,7 +792,17 @@ def films_from_inputs(inputs):
     return frame
 
 
-def predict(model, inputs, out_dir, *, explain=False, verbose=1):
+def predict(
+    model,
+    inputs,
+    out_dir,
+    *,
+    explain=False,
+    batch_size=8,
+    link_uids=False,
+    dicom_out=None,
+    verbose=1,
+):
     """Scores patients' films: the 86 joints and the three sums, in the `template.csv` layout.
 
     Args:
@@ -807,38 +818,73 @@ def predict(model, inputs, out_dir, *, explain=False, verbose=1):
             crop's box, `<film>_attention.npz` with every crop's weights (`<model>__<crop>`), and
             per joint crop `<film>_attention/<model>__<crop>.png` (`crop_overlay`: the crop
             beside its attention weights, titled with the columns it predicts).
-        verbose: print a summary.
+        batch_size: films per detector pass (the joint models take 8x as many crops).
+        link_uids: name DICOM films by SOP Instance UID and add their Study, Series and SOP
+            Instance UIDs (distinct ones `;`-joined per patient) to `predictions.csv`; a
+            patient with a DICOM film is named by a salted hash of the ID its file names give,
+            with or without it (`common.identifiers`).
+        dicom_out: folder for a Secondary Capture (the film's attention overlay) and an SR (the
+            film's joint scores) per DICOM film (needs `explain`).
+        verbose: progress and a summary.
 
     Returns:
         pandas DataFrame as `predictions.csv`. A patient without all four films gets the joints
         of the films given and NaN elsewhere, and NaN overall sums.
     """
     films = films_from_inputs(inputs)
-    for path in films["path"]:
+    names = InputNames(out_dir, link_uids=link_uids)
+    explain = explain or dicom_out is not None
+    films = _pseudonymous_patients(films, names)
+    for path in progress(
+        films["path"], desc="predict: reading films", unit="films", enabled=bool(verbose)
+    ):
         read_image(path)  # an unreadable film fails here, before anything is written
     config, models = pipeline.load_run(model)
     detectors, joints = pipeline.split_models(models)
-    detections = pipeline.detect_films(
-        detectors,
-        films,
-        priors=config.get("box_priors"),
-        mirror_right_limbs=bool(config.get("mirror_right_limbs", True)),
-        box_fusion=bool(config.get("box_fusion", False)),
-        cluster_digits=tuple(config.get("cluster_digits", ())),
-        **pipeline.detector_sides(config),
-    )
+    detections = _detect(detectors, films, config, batch_size, "predict" if verbose else None)
+    if verbose:
+        print(f"predict: scoring the joints with {len(joints)} models", file=sys.stderr, flush=True)
     results = pipeline.predict_joints(
-        joints, films, detections, margin=float(config.get("crop_margin", 0.0)), explain=explain
+        joints,
+        films,
+        detections,
+        margin=float(config.get("crop_margin", 0.0)),
+        batch_size=8 * int(batch_size),
+        explain=explain,
     )
     patients = list(dict.fromkeys(films["patient_id"]))
     table = data.scores_table(list(results.values()), patients)
     incomplete = table[list(JOINT_COLUMNS)].isna().any(axis=1)
     table.loc[incomplete, ["Overall_Tol", "Overall_erosion", "Overall_narrowing"]] = np.nan
     table = table[_prediction_columns(inputs)]
+    for column, values in names.uid_columns(films["path"]).items():
+        per_patient = (
+            pd.Series(values, index=films.index)
+            .groupby(films["patient_id"])
+            .agg(lambda v: ";".join(dict.fromkeys(x for x in v if x)))
+        )
+        table[column] = [per_patient.get(p, "") for p in table["Patient_ID"]]
     if explain:
-        _write_explanations(out_dir, films, detections, results)
+        _write_explanations(out_dir, films, detections, results, names)
+    detections["film"] = [names.name(p) for p in detections["image"]]
     reports.write_csv(output_path(out_dir, "detections.csv"), detections.drop(columns=["image"]))
     reports.write_csv(output_path(out_dir, "predictions.csv"), table)
+    write_predict_dicoms(
+        dicom_out,
+        (
+            {
+                "source": film["path"],
+                "name": names.name(film["path"]),
+                "overlay": os.path.join(out_dir, f"{names.stem(film['path'])}_attention.png"),
+                "measurements": _film_scores(results, film["path"]),
+                "findings": [("limb", film["limb"])],
+            }
+            for film in films.to_dict("records")
+            if names.is_dicom(film["path"])
+        ),
+        package="deepra",
+        verbose=verbose,
+    )
     if verbose:
         note = f" ({int(incomplete.sum())} without all four films)" if incomplete.any() else ""
         print(
@@ -878,7 +924,51 @@ def crop_overlay(crop01, mask, lines, side_px=160):
     return out
 
 
-def _write_explanations(out_dir, films, detections, results):
+def _detect(detectors, films, config, batch_size, desc):
+    """Stage 1 on `films` with the run's settings; progress under `desc` (None: quiet)."""
+    bar = progress(
+        desc=f"{desc}: detecting joints", total=len(films), unit="films", enabled=bool(desc)
+    )
+    return pipeline.detect_films(
+        detectors,
+        films,
+        priors=config.get("box_priors"),
+        mirror_right_limbs=bool(config.get("mirror_right_limbs", True)),
+        box_fusion=bool(config.get("box_fusion", False)),
+        cluster_digits=tuple(config.get("cluster_digits", ())),
+        batch_size=batch_size,
+        progress=progress_callback(bar),
+        **pipeline.detector_sides(config),
+    )
+
+
+def _pseudonymous_patients(films, names):
+    """`films` with the patient of any DICOM film renamed `pat-<salted hash>` of its ID.
+
+    The ID comes from file names (`<Patient_ID>-LH.dcm`), which in real archives may hold a
+    patient's name or ID (`common.identifiers`); non-DICOM patients keep theirs.
+    """
+    films = films.copy()
+    dicom = films["path"].map(names.is_dicom)
+    hidden = set(films.loc[dicom, "patient_id"])
+    films["patient_id"] = [
+        salted_hash(p, names.salt, prefix="pat-") if p in hidden else p for p in films["patient_id"]
+    ]
+    return films
+
+
+def _film_scores(results, path):
+    """The predicted scores of one film: `(column, value, "{score}")` for its SR."""
+    scores = []
+    for records in results.values():
+        outputs = [c[: -len("__column")] for c in records.columns if c.endswith("__column")]
+        for record in records.to_dict("records"):
+            if str(record["path"]) == str(path):
+                scores += [(record[f"{o}__column"], record[o], "{score}") for o in outputs]
+    return scores
+
+
+def _write_explanations(out_dir, films, detections, results, names):
     """One attention PNG (and NPZ of the weights) per film, and one PNG per joint crop."""
     per_film = {}
     for key, records in results.items():
@@ -890,7 +980,7 @@ def _write_explanations(out_dir, films, detections, results):
             per_film.setdefault(record["path"], {"erosion": [], "narrowing": [], "arrays": {}})
             per_film[record["path"]][task].append((box, mask, record["crop"]))
             per_film[record["path"]]["arrays"][f"{key}__{record['crop']}"] = mask
-            stem = Path(record["path"]).stem
+            stem = names.stem(record["path"])
             scores = [f"{record[f'{o}__column']} {record[o]:.1f}" for o in outputs]
             lines = [f"{stem} {record['crop']}, {key} model, predicted:"]
             lines += [", ".join(scores[k : k + 2]) for k in range(0, len(scores), 2)]
@@ -904,7 +994,7 @@ def _write_explanations(out_dir, films, detections, results):
             attention_panel(image, entry["erosion"], "erosion models"),
             attention_panel(image, entry["narrowing"], "narrowing models"),
         ]
-        stem = Path(path).stem
+        stem = names.stem(path)
         reports.save_png(
             output_path(out_dir, f"{stem}_attention.png"), _png(np.concatenate(panels, axis=1))
         )

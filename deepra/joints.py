@@ -43,6 +43,7 @@ import numpy as np
 from keras import layers
 
 from common.layers import AttentionBranch
+from common.options import look_up_option
 from deepra.columns import JOINT_MODELS
 from deepra.columns import output_names
 from deepra.presets import JOINT_PRESETS
@@ -66,8 +67,7 @@ def joint_config(preset="paper", **overrides):
     Returns:
         dict (a copy) with the derived key `output_names`.
     """
-    if preset not in JOINT_PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(JOINT_PRESETS)}")
+    preset = look_up_option(preset, JOINT_PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(JOINT_PRESETS[preset])
     unknown = sorted(set(overrides) - set(config))
     if unknown:

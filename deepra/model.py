@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import keras
 
+from common.options import look_up_option
 from deepra.detector import build_detector
 from deepra.detector import register_keras_hub_objects
 from deepra.joints import build_joint_model
@@ -48,8 +49,7 @@ def get_config(preset="paper", **overrides):
     Returns:
         dict.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
+    preset = look_up_option(preset, PRESETS)  # hyphens or underscores (common.options)
     if preset in DETECTOR_PRESETS:
         from deepra.detector import detector_config
 

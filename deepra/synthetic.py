@@ -46,11 +46,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from common import phantoms as ph
 from common.fileio import atomic_write_bytes
 from common.fileio import atomic_write_text
+from common.progress import progress as _progress
 from deepra.columns import EROSION_COLUMNS
 from deepra.columns import FOOT_CLASSES
 from deepra.columns import HAND_CLASSES
@@ -569,7 +569,7 @@ def write_phantom_dataset(root, *, num_subjects=64, seed=0, num_test_subjects=No
 
     score_rows = {pid: _draw_scores(ph.rng([seed, i, 1])) for i, pid in enumerate(patients)}
     index_rows, joint_rows = [], []
-    progress = tqdm(films, desc="phantom films", unit="film", disable=len(films) * 3 < 200)
+    progress = _progress(films, desc="phantom films", unit="films", enabled=len(films) * 3 >= 200)
     for k, (pid, limb, split) in enumerate(progress):
         film_rng = ph.rng([seed, k, 2])
         image, boxes, masks, joints = render_film(limb, score_rows[pid], film_rng)

@@ -84,6 +84,7 @@ from common.errors import DataError
 from common.export import load_model
 from common.export import save_all
 from common.image_io import read_image
+from common.options import look_up_option
 from common.reports import write_csv
 from common.training import CHECKPOINT_DIR
 from common.training import Trainer
@@ -188,8 +189,7 @@ def train_config(preset="demo", **overrides):
     Returns:
         dict (a copy).
     """
-    if preset not in TRAIN_PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(TRAIN_PRESETS)}")
+    preset = look_up_option(preset, TRAIN_PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(TRAIN_PRESETS[preset])
     unknown = sorted(set(overrides) - set(config))
     if unknown:

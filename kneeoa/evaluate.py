@@ -9,14 +9,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from common import metrics as M
 from common import reports
+from common.dicom_out import write_predict_dicoms
 from common.export import load_model
+from common.identifiers import InputNames
+from common.identifiers import data_name
+from common.identifiers import report_caption
 from common.inference import collect_image_paths
 from common.inference import metrics_with_ci
 from common.inference import output_path
+from common.progress import progress
 from kneeoa.data import load_records
 from kneeoa.data import make_dataset
 from kneeoa.model import TABLE1_ACCURACY
@@ -61,11 +65,11 @@ def model_config(model, model_path=None):
     return config
 
 
-def _predict_all(model, dataset):
+def _predict_all(model, dataset, verbose=0):
     """(probabilities per output, logits per output) over a dataset, batch by batch."""
     logits_fn = logits_model(model)
     probs, logits = {}, {}
-    for batch in dataset:
+    for batch in progress(dataset, desc="evaluate", unit="batches", enabled=bool(verbose)):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         out = logits_fn(images, training=False)
         for name, value in out.items():
@@ -118,7 +122,9 @@ def _sample_overlays(model, records, config, count=6):
             if key not in out:
                 continue
             mask = np.asarray(out[key][i])[..., 0]
-            title = f"{Path(row['path']).name} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            title = (
+                f"{report_caption(row['path'])} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            )
             items.append((reports.overlay_png(image, mask, title=title), title))
     return items
 
@@ -136,7 +142,7 @@ def evaluate_model(model, records, *, config, out_dir, history_path=None, verbos
     ds = make_dataset(
         records, config=config, training=False, batch_size=int(config.get("batch_size", 32))
     )
-    probs, logits = _predict_all(model, ds)
+    probs, logits = _predict_all(model, ds, verbose)
     y_true = records["kl"].to_numpy().astype(int)
     groups = (
         records["participant_id"].astype(str).to_numpy() if "participant_id" in records else None
@@ -163,7 +169,7 @@ def evaluate_model(model, records, *, config, out_dir, history_path=None, verbos
 
     frame = pd.DataFrame(
         {
-            "image": [Path(p).name for p in records["path"]],
+            "image": [data_name(p, out_dir) for p in records["path"]],
             "side": records.get("side", pd.Series([""] * len(records))).to_numpy(),
             "kl_true": y_true,
             "kl_pred": preds[test_branch],
@@ -228,7 +234,9 @@ def evaluate_model(model, records, *, config, out_dir, history_path=None, verbos
     return metrics
 
 
-def evaluate(model, data_dir, out_dir, *, split="test", seed=0, verbose=1, layout=None):
+def evaluate(
+    model, data_dir, out_dir, *, split="test", seed=0, batch_size=None, verbose=1, layout=None
+):
     """Evaluates a saved `.h5` / `.keras` model on a data set's held-out split.
 
     Args:
@@ -238,11 +246,14 @@ def evaluate(model, data_dir, out_dir, *, split="test", seed=0, verbose=1, layou
         out_dir: where `metrics.json`, `report.html`, `predictions.csv` go.
         split: which split to evaluate (default `test`, the paper's 30%).
         seed: the split's seed (the one the model was trained with).
+        batch_size: knees per forward pass (default: the run's).
         layout: which data set `data_dir` holds when it holds several (`kneeoa.data.LAYOUTS`).
     """
     model_path = model
     model = load_model(model_path)
     config = model_config(model, model_path)
+    if batch_size is not None:
+        config = {**config, "batch_size": int(batch_size)}
     records = load_records(data_dir, seed=int(config.get("seed", seed)), layout=layout)
     records = records[records["split"] == split]
     history = Path(model_path).with_name("history.csv")
@@ -274,7 +285,18 @@ def _write_attention_overlay(out_dir, stem, image, outputs, index, branches, hei
     return name
 
 
-def predict(model, inputs, out_dir, *, explain=False, bilateral=False, verbose=1):
+def predict(
+    model,
+    inputs,
+    out_dir,
+    *,
+    explain=False,
+    bilateral=False,
+    batch_size=16,
+    link_uids=False,
+    dicom_out=None,
+    verbose=1,
+):
     """Grades knee images: one row per knee in `OUT/predictions.csv`.
 
     Args:
@@ -284,6 +306,11 @@ def predict(model, inputs, out_dir, *, explain=False, bilateral=False, verbose=1
         explain: also write `OUT/<image>_attention.png`: every branch's attention mask over the knee.
         bilateral: inputs are bilateral PA films: split each down the middle into two knees
             (image left half = the patient's right knee).
+        batch_size: knees per forward pass.
+        link_uids: name DICOM inputs by SOP Instance UID and add their UID columns (else a
+            salted hash; `common.identifiers`).
+        dicom_out: folder for a Secondary Capture and an SR per DICOM input (needs `explain`).
+        verbose: progress and a summary line.
     """
     model_path = model
     model = load_model(model_path)
@@ -297,18 +324,19 @@ def predict(model, inputs, out_dir, *, explain=False, bilateral=False, verbose=1
             for side, crop in crops
         ]
     )
-    ds = make_dataset(records, config=config, training=False, batch_size=16, cache=False)
-    explainer = explain_model(model) if explain else None
+    ds = make_dataset(records, config=config, training=False, batch_size=batch_size, cache=False)
+    explainer = explain_model(model) if explain or dicom_out else None
+    names = InputNames(out_dir, link_uids=link_uids)
     test_branch = config["test_branch"]
     rows = []
     offset = 0
-    for images, _ in tqdm(ds, desc="predict", unit="batch", disable=not verbose):
+    for images, _ in progress(ds, desc="predict", unit="batches", enabled=bool(verbose)):
         out = (explainer or model)(images, training=False)
         probs = np.asarray(out[test_branch])
         for i in range(len(probs)):
             record = records.iloc[offset + i]
             row = {
-                "image": Path(record["path"]).name,
+                "image": names.name(record["path"]),
                 "side": record["side"],
                 "kl_pred": int(probs[i].argmax()),
             }
@@ -316,14 +344,38 @@ def predict(model, inputs, out_dir, *, explain=False, bilateral=False, verbose=1
             for name in model.output_names:
                 row[f"{name}_pred"] = int(np.asarray(out[name][i]).argmax())
             if explainer is not None:
-                stem = Path(record["path"]).stem + (f"_{record['side']}" if record["side"] else "")
+                stem = names.stem(record["path"]) + (f"_{record['side']}" if record["side"] else "")
                 row["overlay"] = _write_attention_overlay(
                     out_dir, stem, np.asarray(images[i])[..., 0], out, i, config["branches"]
                 )
             rows.append(row)
         offset += len(probs)
     frame = pd.DataFrame(rows)
+    for column, values in names.uid_columns(records["path"]).items():
+        frame[column] = values
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
+    write_predict_dicoms(
+        dicom_out,
+        (
+            {
+                "source": record["path"],
+                "name": names.name(record["path"])
+                + (f"_{record['side']}" if record["side"] else ""),
+                "overlay": os.path.join(out_dir, row["overlay"]),
+                "measurements": [("KL grade", row["kl_pred"], "{grade}")]
+                + [
+                    (f"probability of KL {c[7:]}", row[c], "1")
+                    for c in row
+                    if c.startswith("prob_kl")
+                ],
+                "findings": [("KL grade", f"KL {row['kl_pred']}")],
+            }
+            for record, row in zip(records.to_dict("records"), rows, strict=True)
+            if names.is_dicom(record["path"])
+        ),
+        package="kneeoa",
+        verbose=verbose,
+    )
     if verbose:
         print(f"{len(frame)} knees graded: {os.path.join(out_dir, 'predictions.csv')}", flush=True)
     return frame

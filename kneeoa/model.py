@@ -72,6 +72,7 @@ from common.layers import AttentionBranch
 from kneeoa.presets import NUM_KL_GRADES
 from kneeoa.presets import PRESETS
 from kneeoa.presets import TABLE1_ACCURACY  # noqa: F401  (re-exported for kneeoa.evaluate)
+from common.options import look_up_option
 
 #: The paper's start (§3.5: "All models were trained from scratch"); `--weights imagenet` loads
 #: Keras' ImageNet VGG-16 / ResNet-50 into the trunk instead.
@@ -108,8 +109,7 @@ def resolve_config(preset="paper", **overrides):
     Raises:
         ValueError: unknown preset, unknown override key or an inconsistent configuration.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
+    preset = look_up_option(preset, PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(PRESETS[preset])
     unknown = sorted(set(overrides) - set(config))
     if unknown:

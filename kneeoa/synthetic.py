@@ -62,10 +62,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from common import phantoms
 from common.fileio import atomic_write_bytes
+from common.progress import progress
 
 LAYOUTS = ("folders", "oai", "most", "oai+most", "both")
 TRUTH_DIR = "_phantom_truth"
@@ -376,7 +376,7 @@ def write_phantom_dataset(root, *, num_subjects=400, seed=0, layout="oai"):
 
 
 def _progress(total, desc):
-    return tqdm(total=total, desc=desc, unit="file", disable=total < _PROGRESS_MIN_FILES)
+    return progress(total=total, desc=desc, unit="files", enabled=total >= _PROGRESS_MIN_FILES)
 
 
 def _truth_rows(root, image_path, side, kl, masks, info, offset_x=0, full_shape=None):

@@ -25,28 +25,11 @@ _ENSEMBLE = (
         "default: the run's ensemble_size, 1)",
     },
 )
-_BATCH = (
-    ("--batch-size",),
-    {"type": positive_int, "default": 32, "help": "images per forward pass (default 32)"},
-)
 
 # Package-specific flags of `python -m mura` (see common.cli).
 CLI_ARGUMENTS = {
-    "train": [
-        (
-            ("--set",),
-            {
-                "action": "append",
-                "dest": "config_overrides",
-                "default": None,
-                "metavar": "KEY=VALUE",
-                "help": "override a MURAConfig field (JSON value), e.g. --set input_shape=[96,96,3]; "
-                "repeatable",
-            },
-        )
-    ],
-    "evaluate": [_ENSEMBLE, _BATCH],
-    "predict": [_ENSEMBLE, _BATCH],
+    "evaluate": [_ENSEMBLE],
+    "predict": [_ENSEMBLE],
 }
 
 __all__ = [

@@ -40,14 +40,17 @@ import tensorflow as tf
 
 from common import metrics as M
 from common import reports
+from common.dicom_out import write_predict_dicoms
 from common.errors import DataError
 from common.export import load_model
+from common.identifiers import InputNames
 from common.image_io import ImageReadError
 from common.image_io import is_dicom_file
 from common.image_io import read_image
 from common.inference import collect_image_paths
 from common.inference import metrics_with_ci
 from common.inference import output_path
+from common.progress import progress
 from mura.data import _header_problem
 from mura.data import load_records
 from mura.data import make_dataset
@@ -175,7 +178,7 @@ def _broken_file(paths):
     return None
 
 
-def run_forward(forward, records, config, *, batch_size=32, with_cam=False):
+def run_forward(forward, records, config, *, batch_size=32, with_cam=False, desc=None):
     """Runs `forward` over the images of `records` (column `image_path`), in order.
 
     Reading overlaps compute: `make_dataset` decodes in parallel `tf.data` maps and prefetches.
@@ -186,6 +189,7 @@ def run_forward(forward, records, config, *, batch_size=32, with_cam=False):
         config: the model's `MURAConfig` (input size, channels).
         batch_size: images per forward pass.
         with_cam: collect `forward`'s CAMs too.
+        desc: show progress under this name (None: quiet).
 
     Returns:
         `(probabilities (n,), cams (n, h, w) or None)`.
@@ -199,7 +203,7 @@ def run_forward(forward, records, config, *, batch_size=32, with_cam=False):
     )
     probabilities, cams = [], []
     try:
-        for images in ds:
+        for images in progress(ds, desc=desc or "", unit="batches", enabled=desc is not None):
             out = forward(images)
             probabilities.append(out["probability"].numpy())
             if with_cam:
@@ -411,7 +415,14 @@ def evaluate_model(
         raise DataError("no images to evaluate: the split is empty")
     records = records.reset_index(drop=True)
     forward = make_forward(members, with_cam=True)
-    probs, cams = run_forward(forward, records, config, batch_size=batch_size, with_cam=True)
+    probs, cams = run_forward(
+        forward,
+        records,
+        config,
+        batch_size=batch_size,
+        with_cam=True,
+        desc="evaluate" if verbose else None,
+    )
     studies = study_probabilities(records, probs)
     values, ci = study_metrics(
         studies["label"], studies["probability"], studies["patient_id"], studies["body_part"],
@@ -575,9 +586,12 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
-def _overlay_name(path, used):
+def _overlay_name(path, used, names):
     folder = Path(path).parent
-    stem = "_".join(_slug(p) for p in (folder.parent.name, folder.name, Path(path).stem) if p)
+    parts = (folder.parent.name, folder.name, Path(path).stem)
+    if names.is_dicom(path):  # never a DICOM input's file or folder names (common.identifiers)
+        parts = (names.stem(path),)
+    stem = "_".join(_slug(p) for p in parts if p)
     name, n = f"{stem}_cam.png", 1
     while name in used:
         n += 1
@@ -612,7 +626,18 @@ def cam_overlay_png(image01, cam, caption, height_px=320):
     return encoded.tobytes()
 
 
-def predict(model, inputs, out_dir, *, explain=False, ensemble=None, batch_size=32, verbose=1):
+def predict(
+    model,
+    inputs,
+    out_dir,
+    *,
+    explain=False,
+    ensemble=None,
+    batch_size=32,
+    link_uids=False,
+    dicom_out=None,
+    verbose=1,
+):
     """Probability of abnormality per study for image files, DICOM files or study folders.
 
     Args:
@@ -627,6 +652,9 @@ def predict(model, inputs, out_dir, *, explain=False, ensemble=None, batch_size=
         ensemble: average the run's K best epochs by validation loss (default: the run's
             `ensemble_size`, 1).
         batch_size: images per forward pass.
+        link_uids: name DICOM inputs (and their studies) by their UIDs and add the Study, Series
+            and SOP Instance UID columns (else salted hashes; `common.identifiers`).
+        dicom_out: folder for a Secondary Capture and an SR per DICOM input (needs `explain`).
         verbose: print a summary.
 
     Returns:
@@ -645,23 +673,34 @@ def predict(model, inputs, out_dir, *, explain=False, ensemble=None, batch_size=
     paths = [os.fspath(p) for p in collect_image_paths(inputs)]
     for path in paths:
         _check_input(path)
+    names = InputNames(out_dir, link_uids=link_uids)
+    explain = explain or dicom_out is not None
     images = pd.DataFrame({"image_path": paths})
-    images["study"] = [_study_of(p) for p in paths]
+    images["study"] = [names.group(p, _study_of(p)) for p in paths]
+    images["body_part"] = [_body_part_of(p) for p in paths]
     forward = _cached_forward(members, explain)
     if verbose:
         print(f"Predicting {len(paths)} images with {len(members)} model(s)...", flush=True)
-    probs, cams = run_forward(forward, images, config, batch_size=batch_size, with_cam=explain)
-    images["image"] = [Path(p).name for p in paths]
+    probs, cams = run_forward(
+        forward,
+        images,
+        config,
+        batch_size=batch_size,
+        with_cam=explain,
+        desc="predict" if verbose else None,
+    )
+    images["image"] = [names.name(p) for p in paths]
     images["probability"] = probs
     if explain:
-        used, names = set(), []
+        used, overlays = set(), []
         for path, prob, cam in zip(paths, probs, cams, strict=True):
-            name = _overlay_name(path, used)
-            png = cam_overlay_png(read_image(path), cam, f"{Path(path).name} p={prob:.2f}")
+            name = _overlay_name(path, used, names)
+            png = cam_overlay_png(read_image(path), cam, f"{names.name(path)} p={prob:.2f}")
             reports.save_png(output_path(out_dir, name), png)
-            names.append(name)
-        images["overlay"] = names
+            overlays.append(name)
+        images["overlay"] = overlays
     aggregations = {
+        "body_part": ("body_part", "first"),
         "num_images": ("image", "size"),
         "images": ("image", ";".join),
         "probability": ("probability", "mean"),
@@ -669,16 +708,48 @@ def predict(model, inputs, out_dir, *, explain=False, ensemble=None, batch_size=
     if explain:
         aggregations["overlays"] = ("overlay", ";".join)
     studies = images.groupby("study", sort=False).agg(**aggregations).reset_index()
-    studies.insert(1, "body_part", [_body_part_of(s) for s in studies["study"]])
+    uid_columns = names.uid_columns(paths)
+    for column, values in uid_columns.items():
+        images[column] = values
+        studies[column] = (
+            images.groupby("study", sort=False)[column]
+            .agg(lambda v: ";".join(dict.fromkeys(x for x in v if x)))
+            .to_numpy()
+        )
     studies["prediction"] = (studies["probability"] >= THRESHOLD).astype(int)
     studies["finding"] = np.where(studies["prediction"] == 1, "abnormal", "normal")
     studies["probability"] = studies["probability"].round(6)
     images["probability"] = images["probability"].round(6)
     columns = ["study", "body_part", "num_images", "images", "probability", "prediction", "finding"]
-    studies = studies[columns + (["overlays"] if explain else [])]
+    studies = studies[columns + (["overlays"] if explain else []) + list(uid_columns)]
     image_columns = ["study", "image", "probability"] + (["overlay"] if explain else [])
+    image_columns += list(uid_columns)
     reports.write_csv(output_path(out_dir, "image_predictions.csv"), images[image_columns])
     reports.write_csv(output_path(out_dir, "predictions.csv"), studies)
+    by_study = studies.set_index("study")
+    write_predict_dicoms(
+        dicom_out,
+        (
+            {
+                "source": row["image_path"],
+                "name": row["image"],
+                "overlay": os.path.join(out_dir, row["overlay"]),
+                "measurements": [
+                    ("image probability of abnormality", row["probability"], "1"),
+                    (
+                        "study probability of abnormality",
+                        by_study.at[row["study"], "probability"],
+                        "1",
+                    ),
+                ],
+                "findings": [("study finding", by_study.at[row["study"], "finding"])],
+            }
+            for row in images.to_dict("records")
+            if names.is_dicom(row["image_path"])
+        ),
+        package="mura",
+        verbose=verbose,
+    )
     if verbose:
         abnormal = int(studies["prediction"].sum())
         print(

@@ -42,6 +42,7 @@ from keras import ops
 
 from mura.presets import PRESETS
 from mura.presets import MURAConfig
+from common.options import look_up_option
 
 OUTPUT_NAME = "abnormal"
 CAM_FEATURE_LAYER = "relu"
@@ -79,8 +80,8 @@ def get_config(preset="paper", **overrides):
     elif isinstance(preset, dict):
         _check_names(preset, fields, "config key")
         config = MURAConfig(**_normalise_fields(preset))
-    elif isinstance(preset, str) and preset in PRESETS:
-        config = PRESETS[preset]
+    elif isinstance(preset, str):
+        config = PRESETS[look_up_option(preset, PRESETS)]  # hyphens or underscores
     else:
         raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
     _check_names(overrides, fields, "override")

@@ -515,6 +515,6 @@ def _write_csv(path, rows, header=None):
 
 
 def _progress(total):
-    from tqdm import tqdm
+    from common.progress import progress
 
-    return tqdm(total=total, desc="phantom images", unit="img", disable=total <= 200, leave=False)
+    return progress(total=total, desc="phantom images", unit="img", enabled=total > 200)

@@ -62,17 +62,9 @@ def parse_overrides(items):
     Raises:
         ValueError: an item without `=`.
     """
-    overrides = {}
-    for item in items or ():
-        key, sep, text = str(item).partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        overrides[key.strip()] = value
-    return overrides
+    from common.cli import parse_set_overrides
+
+    return parse_set_overrides(items)
 
 
 def _saved_run_config(out_dir):

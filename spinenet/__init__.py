@@ -34,14 +34,6 @@ CLI_ARGUMENTS = {
     "train": [_NO_TTA],
     "evaluate": [
         _NO_TTA,
-        (
-            ("--split",),
-            {
-                "choices": ("test", "val", "train"),
-                "default": "test",
-                "help": "which split of the 80:10:10 split by patient to evaluate (default test)",
-            },
-        ),
     ],
     "predict": [
         _NO_TTA,
@@ -71,8 +63,13 @@ CLI_ARGUMENTS = {
     ],
 }
 
+# The shared flags, in SpineNet's terms (a forward pass takes discs, 54 views each with TTA).
+_BATCH = "discs per forward pass (with test-time augmentation, 54 views each; default: 2, else 64)"
+CLI_HELP = {"evaluate": {"--batch-size": _BATCH}, "predict": {"--batch-size": _BATCH}}
+
 __all__ = [
     "CLI_ARGUMENTS",
+    "CLI_HELP",
     "PRESETS",
     "build_model",
     "evaluate",

@@ -1165,7 +1165,7 @@ def load_volumes(
     Returns:
         Array `(N, 112, 224, 9)`, or `(N, 144, 256, 11)` with context.
     """
-    from tqdm import tqdm
+    from common.progress import progress as _progress
 
     records = records.reset_index(drop=True)
     if len(records) == 0:
@@ -1205,7 +1205,7 @@ def load_volumes(
         )
     total = sum(len(v) for v in todo.values())
     show = total > 200 if progress is None else bool(progress)
-    bar = tqdm(total=total, desc="extracting disc volumes", unit="disc", disable=not show)
+    bar = _progress(total=total, desc="extracting disc volumes", unit="discs", enabled=show)
     for (image_path, mask_path), items in todo.items():
         image, mask, spacing = read_series(image_path, mask_path)
         by_value = label_index(mask)

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from common import reports
 from common.errors import DataError
 from common.export import load_model
 from common.inference import output_path
+from common.progress import progress
 from spinenet.augment import VolumeAugmentConfig
 from spinenet.data import CONTEXT_EXTRA_SLICES
 from spinenet.data import CONTEXT_MARGIN_PX
@@ -136,7 +137,7 @@ def _tta_settings(config, tta):
     )
 
 
-def predict_records(model, records, *, config, tta=None, verbose=1):
+def predict_records(model, records, *, config, tta=None, batch_size=None, verbose=1):
     """Class probabilities of the discs of `records` (test-time augmented unless switched off).
 
     Args:
@@ -144,6 +145,8 @@ def predict_records(model, records, *, config, tta=None, verbose=1):
         records: records from `spinenet.data.read_dataset` (or `collect_predict_inputs`).
         config: the model's configuration (`model_config`).
         tta: None (the configuration's `tta`), True (54 views) or False (centre view).
+        batch_size: discs per forward pass (default: 2 with test-time augmentation, i.e. 108
+            views, else 64).
         verbose: show a progress bar while extracting many discs.
 
     Returns:
@@ -172,7 +175,8 @@ def predict_records(model, records, *, config, tta=None, verbose=1):
         tta=use,
         shift_px=shift_px,
         slice_shift=slice_shift,
-        batch_size=108 if use else 64,  # the 54 views of two discs per forward pass
+        # the 54 views of two discs per forward pass by default
+        batch_size=(54 if use else 1) * int(batch_size or (2 if use else 64)),
     )
     centre = np.asarray(
         context[
@@ -420,6 +424,7 @@ def evaluate_model(
     tta=None,
     seed=0,
     n_boot=1000,
+    batch_size=None,
     verbose=1,
 ):
     """Evaluates `model` on `records` (one split) and writes `metrics.json`, `predictions.csv` and
@@ -449,7 +454,7 @@ def evaluate_model(
     targets = task_targets(records, {**config, "tasks": {t: config["tasks"][t] for t in tasks}})
     use_tta = _tta_settings(config, tta)[0]
     probabilities, volumes = predict_records(
-        model, records, config=config, tta=use_tta, verbose=verbose
+        model, records, config=config, tta=use_tta, batch_size=batch_size, verbose=verbose
     )
     probabilities = {t: probabilities[t] for t in tasks}
     groups = records["group"].astype(str).to_numpy() if "group" in records else None
@@ -486,7 +491,9 @@ def evaluate_model(
     return metrics
 
 
-def evaluate(model, data_dir, out_dir, *, split="test", seed=None, tta=None, verbose=1):
+def evaluate(
+    model, data_dir, out_dir, *, split="test", seed=None, tta=None, batch_size=None, verbose=1
+):
     """Evaluates a saved `.h5` / `.keras` SpineNet model on a data set's held-out split.
 
     Args:
@@ -497,6 +504,7 @@ def evaluate(model, data_dir, out_dir, *, split="test", seed=None, tta=None, ver
         split: `test` (default), `val` or `train` of the 80:10:10 split by patient.
         seed: the split's seed (default: the run's).
         tta: None (the run's setting, on by default), True or False (`--no-tta`).
+        batch_size: discs per forward pass (`predict_records`).
         verbose: 0 quiet, 1 progress.
 
     Returns:
@@ -521,6 +529,7 @@ def evaluate(model, data_dir, out_dir, *, split="test", seed=None, tta=None, ver
         history_path=history if history.is_file() else None,
         tta=tta,
         seed=seed,
+        batch_size=batch_size,
         verbose=verbose,
     )
 
@@ -695,6 +704,9 @@ def predict(
     tta=None,
     series="preferred",
     hotspot_copies=None,
+    batch_size=None,
+    link_uids=False,
+    dicom_out=None,
     verbose=1,
 ):
     """Grades lumbar discs: one row per disc in `OUT/predictions.csv`.
@@ -727,6 +739,10 @@ def predict(
         tta: None (the run's setting, default on: 54 views), True or False.
         series: `preferred` or `all` (folder inputs; see above).
         hotspot_copies: augmented copies averaged per hotspot map (default: the run's, 16).
+        batch_size: discs per forward pass (`predict_records`).
+        link_uids, dicom_out: the shared flags of `predict`; SpineNet's inputs are `.mha` series
+            and `.npy` volumes, never DICOM, so there is nothing to link or to write as DICOM
+            (`dicom_out` prints a note saying so).
         verbose: 0 quiet, 1 progress.
 
     Returns:
@@ -746,10 +762,16 @@ def predict(
             "pass extracted volumes (.npy) instead",
             path=model_path,
         )
+    if dicom_out is not None:
+        print(
+            "--dicom-out: no DICOM input (SpineNet grades .mha series and .npy volumes); "
+            "nothing written there",
+            file=sys.stderr,
+        )
     if verbose:
         print(f"Grading {len(records)} discs with {Path(model_path).name}", flush=True)
     probabilities, volumes = predict_records(
-        model, records, config=config, tta=tta, verbose=verbose
+        model, records, config=config, tta=tta, batch_size=batch_size, verbose=verbose
     )
     _warn_range(volumes)
     probabilities = {t: probabilities[t] for t in _ordered_tasks(model, config)}
@@ -759,7 +781,9 @@ def predict(
         augment = hotspot_augmentation(config)
         taken, names = set(), []
         tasks = list(probabilities)
-        for index in tqdm(range(len(records)), desc="hotspots", unit="disc", disable=not verbose):
+        for index in progress(
+            range(len(records)), desc="hotspots", unit="discs", enabled=bool(verbose)
+        ):
             classes = {t: default_explained_class(probabilities[t][index]) for t in tasks}
             maps = task_hotspots(
                 model,

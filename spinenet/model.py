@@ -56,6 +56,7 @@ from keras import ops
 from spinenet.presets import PAPER_TASKS  # noqa: F401  (re-exported)
 from spinenet.presets import PRESETS
 from spinenet.presets import SPIDER_TASKS  # noqa: F401  (re-exported)
+from common.options import look_up_option
 
 BRANCH_POINTS = ("none", "conv3", "conv4", "conv5", "fc6", "fc7")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -77,8 +78,7 @@ def get_config(preset="paper", **overrides) -> dict:
     Returns:
         A new dict (the preset is not modified).
     """
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}'. Available: {sorted(PRESETS)}")
+    preset = look_up_option(preset, PRESETS)  # hyphens or underscores (common.options)
     config = copy.deepcopy(PRESETS[preset])
     for key, value in overrides.items():
         if key not in config:

@@ -443,7 +443,8 @@ def write_phantom_dataset(
         `Path(root)`.
     """
     import SimpleITK as sitk
-    from tqdm import tqdm
+
+    from common.progress import progress
 
     root = Path(root)
     if int(num_subjects) < 1:
@@ -453,7 +454,9 @@ def write_phantom_dataset(
     sequences_per_subject = 2 if write_t1 else 1
     counter = 0
     show = num_subjects * sequences_per_subject * 2 > 200
-    for index in tqdm(range(int(num_subjects)), desc="phantom subjects", disable=not show):
+    for index in progress(
+        range(int(num_subjects)), desc="phantom subjects", unit="subjects", enabled=show
+    ):
         rng = phantoms.rng([int(seed), index])
         patient = str(index + 1)
         subject = _subject(rng, patient)

@@ -31,10 +31,12 @@ def _fake_package(calls):
     def train(data_dir, out_dir, **kwargs):
         calls.append(("train", kwargs))
 
-    def evaluate(model, data_dir, out_dir):
+    def evaluate(model, data_dir, out_dir, *, split="test"):
         raise FileNotFoundError(2, "No such file or directory", model)
 
-    def predict(model, inputs, out_dir, *, explain=False, sex=None):
+    def predict(
+        model, inputs, out_dir, *, explain=False, sex=None, link_uids=False, dicom_out=None
+    ):
         calls.append(("predict", inputs, explain, sex))
 
     module = types.ModuleType("fakepkg", "Fake package for CLI tests.")

@@ -174,9 +174,12 @@ def test_predict_one_row_per_study(tiny_model, inputs, tmp_path):
     assert written.loc[0, "body_part"] == "wrist"
     assert written.loc[0, "images"] == "image1.png;image2.png;image3.png"
     assert written["study"].iloc[1].endswith("loose/")
-    # DICOM files of one folder with different StudyInstanceUIDs are two studies, named by hash.
-    assert written["study"].iloc[3].split("#")[0] == written["study"].iloc[4].split("#")[0]
+    # DICOM files of one folder with different StudyInstanceUIDs are two studies, named by a
+    # salted hash of their UIDs, never by their folder (common.identifiers).
+    assert written["study"].iloc[3].startswith("grp-")
+    assert written["study"].iloc[4].startswith("grp-")
     assert written["study"].iloc[3] != written["study"].iloc[4]
+    assert "dicom" not in written["study"].iloc[3] + written["study"].iloc[4]
     images = pd.read_csv(out / "image_predictions.csv")
     assert len(images) == 8
     means = images.groupby("study", sort=False)["probability"].mean()
