@@ -29,8 +29,10 @@ from common.reports.plots import plot_roc  # noqa: F401
 from common.reports.plots import plot_scatter  # noqa: F401
 from common.reports.plots import readable_label  # noqa: F401
 from common.reports.stats import NotAvailable  # noqa: F401
+from common.reports.stats import Published  # noqa: F401
 from common.reports.stats import ValueCI  # noqa: F401
 from common.reports.stats import bland_altman_stats  # noqa: F401
+from common.reports.stats import count_noun  # noqa: F401
 from common.reports.stats import expected_calibration_error  # noqa: F401
 from common.reports.stats import format_value  # noqa: F401
 from common.reports.stats import interval_calibration_table  # noqa: F401

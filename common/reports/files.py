@@ -157,7 +157,6 @@ def _jsonable(obj):
     raise TypeError(f"cannot write a {type(obj).__name__} to JSON")
 
 
-
 def check_png(png_bytes):
     """Raises ValueError unless `png_bytes` starts with the PNG signature."""
     if not isinstance(png_bytes, (bytes, bytearray)) or not bytes(png_bytes[:8]) == PNG_SIGNATURE:

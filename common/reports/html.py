@@ -22,6 +22,7 @@ from common.reports import plots
 from common.reports import stats
 from common.reports.files import check_png
 from common.reports.stats import NotAvailable
+from common.reports.stats import Published
 from common.reports.stats import ValueCI
 from common.reports.stats import format_value
 
@@ -115,7 +116,7 @@ class HTMLReport:
             for column in columns:
                 value = row.get(column)
                 numeric = isinstance(
-                    value, (int, float, np.number, ValueCI, NotAvailable)
+                    value, (int, float, np.number, ValueCI, NotAvailable, Published)
                 ) and not isinstance(value, bool)
                 numeric = numeric or stats._is_value_with_ci(value)
                 cells.append({"text": format_value(value), "numeric": numeric})
@@ -136,7 +137,8 @@ class HTMLReport:
                 allowed).
             ci: `{name: (low, high)}`, same nesting; None, a missing key or a `(None, None)`
                 interval shows the value with `n/a (no interval)`.
-            reference: `{name: number or text}`, the paper's figures; None omits the column.
+            reference: `{name: number or text}`, the paper's figures, shown as published (not
+                re-rounded); None omits the column.
             reference_note: where the paper's figures come from, e.g. "Table 3, OAI/MOST test set".
             reference_label: the reference column's heading, e.g. "MURA paper (MURA test set)"
                 when the figures are not the paper's own.
@@ -162,11 +164,13 @@ class HTMLReport:
                 shown = value
             row = {"metric": name, "this run [95% CI]": shown}
             if reference is not None:
-                row[reference_label] = flat_reference.get(name)
+                row[reference_label] = _published(flat_reference.get(name))
             rows.append(row)
         for name, value in flat_reference.items():
             if name not in flat_metrics:
-                rows.append({"metric": name, "this run [95% CI]": None, reference_label: value})
+                rows.append(
+                    {"metric": name, "this run [95% CI]": None, reference_label: _published(value)}
+                )
         sentences = []
         if reference is not None:
             label = reference_label[:1].upper() + reference_label[1:]
@@ -250,7 +254,10 @@ class HTMLReport:
         items = [
             (
                 plots.plot_scatter(
-                    y_true, y_pred, xlabel=f"true {what}{suffix}", ylabel=f"predicted {what}{suffix}"
+                    y_true,
+                    y_pred,
+                    xlabel=f"true {what}{suffix}",
+                    ylabel=f"predicted {what}{suffix}",
                 ),
                 f"Predicted against true {what}",
             )
@@ -282,6 +289,12 @@ class HTMLReport:
     def write(self, path) -> Path:
         """Writes the report to `path` (UTF-8), atomically; parent folders are created."""
         return atomic_write_bytes(path, self.to_html().encode("utf-8"))
+
+
+def _published(value):
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return Published(value)
+    return value
 
 
 def _sentences(parts):

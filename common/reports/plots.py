@@ -441,8 +441,6 @@ def plot_bars(table, ylabel="", title=None) -> bytes:
     return _to_png(fig)
 
 
-
-
 def plot_interval_calibration(y_true, y_pred, unit="") -> bytes:
     """Plots the observed coverage of the implied prediction intervals against their nominal level.
 
@@ -534,6 +532,7 @@ def image_png(
     value_range=(0.0, 1.0),
     colorbar_label=None,
     width_in=4.0,
+    height_px=None,
 ) -> bytes:
     """Draws an RGB picture (an overlay, a panel of overlays) with a title and a colour bar; PNG.
 
@@ -548,6 +547,8 @@ def image_png(
         value_range: the values at the colour map's ends, as labelled on the colour bar.
         colorbar_label: the colour bar's label, e.g. "attention weight" or "relative |CAM|".
         width_in: width of the picture in inches at 100 dpi.
+        height_px: the PNG's exact height in pixels (the width follows the picture's aspect);
+            None: from `width_in`.
 
     Returns:
         PNG bytes.
@@ -562,9 +563,13 @@ def image_png(
     height, width = picture.shape[:2]
     bar = 0.75 if cmap is not None else 0.0
     extra = (0.45 * (1 + str(title).count("\n"))) if title else 0.0
-    fig = Figure(
-        figsize=(width_in + bar, max(1.5, width_in * height / width) + extra), dpi=_DPI
-    )
+    if height_px is not None:
+        total = float(height_px) / _DPI
+        width_in = max(1.0, (total - extra) * width / height)
+        size = (width_in + bar, total)
+    else:
+        size = (width_in + bar, max(1.5, width_in * height / width) + extra)
+    fig = Figure(figsize=size, dpi=_DPI)
     fig.set_layout_engine("constrained")
     axis = fig.subplots()
     axis.imshow(picture, interpolation="antialiased")
@@ -590,6 +595,7 @@ def overlay_png(
     colorbar_label="relative weight (min–max of this map)",
     value_range=None,
     weight_by_value=False,
+    height_px=None,
 ) -> bytes:
     """Returns a PNG of `overlay_map(image01, heatmap)` with an optional title and a colour bar.
 
@@ -603,6 +609,7 @@ def overlay_png(
         value_range: `(low, high)` of the map shown at the colour map's ends; None scales the
             map to its own min..max (the colour bar then reads 0..1 relative).
         weight_by_value: see `overlay_map`.
+        height_px: the PNG's exact height in pixels, or None (see `image_png`).
 
     Returns:
         PNG bytes.
@@ -621,6 +628,7 @@ def overlay_png(
         cmap=cmap,
         value_range=value_range if value_range is not None else (0.0, 1.0),
         colorbar_label=colorbar_label,
+        height_px=height_px,
     )
 
 

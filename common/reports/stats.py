@@ -39,6 +39,12 @@ class NotAvailable(NamedTuple):
     reason: str
 
 
+class Published(NamedTuple):
+    """A figure quoted from a paper: shown as published (never re-rounded, which misquotes it)."""
+
+    value: float
+
+
 def value_with_ci(value, interval, *, cases=None, classes=None):
     """Returns a table cell for `value` with its 95% interval, or the reason there is none.
 
@@ -64,6 +70,12 @@ def value_with_ci(value, interval, *, cases=None, classes=None):
     return ValueCI(value, float(interval[0]), float(interval[1]))
 
 
+def count_noun(count, singular, plural=None) -> str:
+    """Returns "1 patient", "6 patients": a count with its noun in the right number."""
+    count = int(count)
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+
+
 def decimals_for(value, digits=DEFAULT_DIGITS) -> int:
     """Returns the number of decimals that shows `value` to `digits` significant figures (>= 0)."""
     value = abs(float(value))
@@ -86,6 +98,11 @@ def format_value(value, digits=DEFAULT_DIGITS) -> str:
     """
     if isinstance(value, NotAvailable):
         return f"n/a ({value.reason})"
+    if isinstance(value, Published):
+        number = value.value
+        if isinstance(number, (float, np.floating)) and math.isfinite(float(number)):
+            return repr(float(number)).removesuffix(".0")
+        return format_value(number, digits)
     if isinstance(value, ValueCI):
         return _format_ci(value, digits)
     if _is_value_with_ci(value):
@@ -317,7 +334,7 @@ def _is_interval(value):
 def _is_value_with_ci(value):
     return (
         isinstance(value, tuple)
-        and not isinstance(value, (ValueCI, NotAvailable))
+        and not isinstance(value, (ValueCI, NotAvailable, Published))
         and len(value) == 2
         and isinstance(value[0], (int, float, np.number))
         and _is_interval(value[1])

@@ -371,7 +371,9 @@ def test_html_metrics_table():
 
 def test_html_metrics_without_reference_or_ci():
     text = reports.HTMLReport("t").add_metrics({"mae_months": 7.891234}).to_html()
-    assert "7.89" in text and "7.891" not in text and "paper" not in text.lower().split("</style>")[1]
+    assert (
+        "7.89" in text and "7.891" not in text and "paper" not in text.lower().split("</style>")[1]
+    )
     with pytest.raises(ValueError):
         reports.HTMLReport("t").add_metrics({"a": 1.0}, ci={"a": (0.1, 0.2, 0.3)})
 
