@@ -394,10 +394,11 @@ def build_report(
     patients = int(studies["patient_id"].nunique())
     report = reports.HTMLReport(title, data_path=data_path)
     report.add_paragraph(
-        f"{len(studies)} studies ({images} images, {patients} "
-        f"patient{'s' if patients != 1 else ''}); {members} model(s) averaged; a study's "
-        f"probability is the mean of its images', abnormal at {THRESHOLD}. 95% intervals: "
-        "bootstrap over patients (1000 resamples)."
+        f"{reports.count_noun(len(studies), 'study', 'studies')} "
+        f"({reports.count_noun(images, 'image')}, {reports.count_noun(patients, 'patient')}); "
+        f"{reports.count_noun(members, 'model')} averaged; a study's probability is the mean of "
+        f"its images', abnormal at {THRESHOLD}. 95% intervals: bootstrap over patients (1000 "
+        "resamples)."
     )
     report.add_heading("Study-level metrics")
     report.add_metrics(

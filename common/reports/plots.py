@@ -461,14 +461,13 @@ def plot_interval_calibration(y_true, y_pred, unit="") -> bytes:
     axis.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="calibrated")
     axis.plot(table["nominal"], table["observed"], "-o", markersize=5, label="this run")
     suffix = f" {unit}" if unit else ""
-    for row in table.itertuples():
-        axis.annotate(
-            f"±{format_value(row.half_width)}{suffix}",
-            (row.nominal, row.observed),
-            xytext=(5, -12),
-            textcoords="offset points",
-            fontsize=8,
-        )
+    widths = "\n".join(
+        f"{row.nominal:.0%}: ±{format_value(row.half_width)}{suffix}" for row in table.itertuples()
+    )
+    axis.text(
+        0.97, 0.03, "half-widths\n" + widths, transform=axis.transAxes, ha="right", va="bottom",
+        fontsize=8, bbox={"facecolor": "white", "edgecolor": "#ccc", "alpha": 0.9},
+    )  # fmt: skip
     axis.set_xlim(0.4, 1.0)
     axis.set_ylim(0.0, 1.02)
     axis.set_xlabel("nominal coverage of pred − bias ± z·SD")
