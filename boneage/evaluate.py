@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -188,13 +187,6 @@ def age_metrics(y_true, y_pred, male, train_mean_months, *, groups=None, seed=0)
 # --------------------------------------------------------------------------- plots
 
 
-def _png(fig):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    fig.clear()
-    return buffer.getvalue()
-
-
 def plot_error_by_age(y_true, y_pred) -> bytes:
     """Signed error (predicted - true) against the true age, with each age band's MAE.
 
@@ -224,7 +216,7 @@ def plot_error_by_age(y_true, y_pred) -> bytes:
     axis.set_ylabel("predicted − true (months)")
     axis.set_title("Error by age (red: ± the band's MAE)")
     axis.grid(alpha=0.3)
-    return _png(fig)
+    return reports.figure_png(fig)
 
 
 def cam_overlay_png(image, cam, title):

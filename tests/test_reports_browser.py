@@ -271,3 +271,20 @@ def test_a_broken_figure_is_caught(browser, tmp_path):
     browser.get(path.as_uri())
     figures = browser.execute_script(_FIGURES_JS)
     assert [f["ok"] for f in figures] == [False]
+
+
+@pytest.mark.parametrize(
+    "probabilities, explained, text",
+    [
+        # issue 18: "lower marrow change: abnormal (p 0.47)" beside lower_marrow_pred=0
+        ([0.53, 0.47], 1, "normal (p 0.53); map: evidence for abnormal"),
+        ([0.2, 0.8], 1, "abnormal (p 0.80)"),
+        ([0.1, 0.2, 0.6, 0.05, 0.05], 2, "grade 3 (p 0.60)"),
+    ],
+)
+def test_spinenet_overlay_row_names_the_predicted_class(probabilities, explained, text):
+    from spinenet.evaluate import _hotspot_row_title
+
+    task = "lower_marrow" if len(probabilities) == 2 else "pfirrmann"
+    title = _hotspot_row_title(task, np.asarray(probabilities), explained)
+    assert title.endswith(text), title

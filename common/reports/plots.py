@@ -647,6 +647,11 @@ def _scalar_mappable(cmap, low, high):
     return ScalarMappable(norm=mcolors.Normalize(vmin=low, vmax=high), cmap=colormap)
 
 
+def figure_png(fig) -> bytes:
+    """Encodes a `matplotlib.figure.Figure` (drawn by a package's own plot) as PNG bytes."""
+    return _to_png(fig)
+
+
 def _to_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
