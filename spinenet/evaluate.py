@@ -236,7 +236,7 @@ def _hotspot_examples(model, records, volumes, probabilities, targets, config, c
     return items
 
 
-def _hotspot_png(picture, title=None):
+def _hotspot_png(picture, title=None, height_px=None):
     """PNG of a hotspot picture with the colour bar of its red blend (common overlay encoder)."""
     from matplotlib.colors import LinearSegmentedColormap
 
@@ -250,6 +250,7 @@ def _hotspot_png(picture, title=None):
         cmap=hotspot_colours,
         colorbar_label="evidence (scaled to the 99.5th percentile)",
         width_in=min(9.0, 1.5 + 0.012 * np.asarray(picture).shape[1]),
+        height_px=height_px,
     )
 
 
@@ -293,13 +294,6 @@ def _prediction_frame(records, probabilities, targets=None):
     return frame
 
 
-def _with_ci(value, interval):
-    """A table cell: `(value, (low, high))` when the interval is known, else the value."""
-    if value is None or not interval or None in interval:
-        return value
-    return (value, tuple(interval))
-
-
 def build_report(
     metrics,
     targets,
@@ -327,6 +321,11 @@ def build_report(
     """
     branch = str(config.get("branch_point", "conv5"))
     report = reports.HTMLReport("SpineNet: lumbar disc grading, evaluation", data_path=data_path)
+
+    def _with_ci(value, interval):  # the bootstrap resamples patients: one patient, no interval
+        cases = metrics.get("patients")
+        return reports.value_with_ci(value, interval, cases=cases, unit="patient")
+
     patients = (
         reports.count_noun(metrics["patients"], "patient")
         if metrics.get("patients") is not None
@@ -362,7 +361,11 @@ def build_report(
     report.add_heading("Table 2 layout: average per-class accuracy")
     report.add_table(rows, caption=PAPER_NOTE.format(branch=branch))
     report.add_metrics(
-        {"mean_per_class_accuracy": metrics["mean_per_class_accuracy"]},
+        {
+            "mean_per_class_accuracy": _with_ci(
+                metrics["mean_per_class_accuracy"], metrics["ci"].get("mean_per_class_accuracy")
+            )
+        },
         ci={"mean_per_class_accuracy": metrics["ci"].get("mean_per_class_accuracy")},
         reference={
             "mean_per_class_accuracy": float(
@@ -835,7 +838,8 @@ def predict(
             }
             name = _overlay_name(records.iloc[index].to_dict(), taken)
             picture = hotspot_figure(volumes[index], maps, titles=titles)
-            reports.save_png(output_path(out_dir, name), _hotspot_png(picture))
+            png = _hotspot_png(picture, height_px=picture.shape[0])
+            reports.save_png(output_path(out_dir, name), png)
             names.append(name)
         frame["overlay"] = names
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)

@@ -45,13 +45,14 @@ class Published(NamedTuple):
     value: float
 
 
-def value_with_ci(value, interval, *, cases=None, classes=None):
+def value_with_ci(value, interval, *, cases=None, classes=None, unit="case"):
     """Returns a table cell for `value` with its 95% interval, or the reason there is none.
 
     Args:
         value: the point estimate (None or NaN: missing).
         interval: `(low, high)`, or None when the bootstrap gave none.
         cases: the number of cases the value rests on; 1 makes the interval `n/a (1 case)`.
+        unit: what a case is (the bootstrap's unit: "case", "patient", ...).
         classes: the number of classes present in the truth; 1 makes the value itself
             `n/a (1 class)` (kappa, AUROC and friends are undefined on one class).
 
@@ -64,7 +65,7 @@ def value_with_ci(value, interval, *, cases=None, classes=None):
         return None
     value = float(value)
     if cases is not None and int(cases) < 2:
-        return ValueCI(value, math.nan, math.nan, f"{int(cases)} case")
+        return ValueCI(value, math.nan, math.nan, count_noun(cases, unit))
     if interval is None or not _is_interval(interval) or not all(_finite(v) for v in interval):
         return ValueCI(value, math.nan, math.nan, "no interval")
     return ValueCI(value, float(interval[0]), float(interval[1]))
@@ -101,7 +102,10 @@ def format_value(value, digits=DEFAULT_DIGITS) -> str:
     if isinstance(value, Published):
         number = value.value
         if isinstance(number, (float, np.floating)) and math.isfinite(float(number)):
-            return repr(float(number)).removesuffix(".0")
+            # as printed in the paper; a figure derived from it (a mean) to 4 significant digits
+            text = repr(float(number)).removesuffix(".0")
+            short = f"{float(number):.4g}"
+            return text if len(text) <= len(short) else short
         return format_value(number, digits)
     if isinstance(value, ValueCI):
         return _format_ci(value, digits)
