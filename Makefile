@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv browser test test-fast lint format bench clean \
+.PHONY: venv browser test test-fast lint format bench screenshots clean \
 	train-knee train-ra2 train-spine train-boneage train-mura
 
 venv: $(STAMP)
@@ -42,6 +42,10 @@ format: venv
 
 bench: venv
 	$(PY) -m bench
+
+# README's report screenshots: each package's report rendered in headless Chromium (docs/report-PKG.png).
+screenshots: venv
+	REPORT_SCREENSHOTS_DIR=docs $(PY) -m pytest -q -p no:cacheprovider tests/test_reports_browser.py
 
 # --- training entry points: phantoms into data/phantoms/PKG when absent, then the demo preset ---
 # The run folder's state (as common.runlock.run_state reads it) decides: a new folder trains, an

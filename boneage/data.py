@@ -17,8 +17,8 @@ Official layout (Stanford AIMI / RSNA):
     Bone Age Test Set/Bone age ground truth.xlsx        Case ID,Sex,Ground truth bone age (months)
     Bone Age Test Set/Test Set Images/<id>.png          Sex as M/F; fractional ages
 
-The test set's labels are published only as an Excel workbook (read here without openpyxl, see
-`boneage.xlsx`); a CSV saved from it under the same name (`Bone age ground truth.csv`) reads too.
+The test set's labels are published only as an Excel workbook (read with openpyxl through
+`pandas.read_excel`); a CSV saved from it under the same name (`Bone age ground truth.csv`) reads too.
 Its name is distinctive, so it is also found where users often copy it: beside the Kaggle files,
 whose `boneage-test-dataset/` holds the same 200 test images. An image listed by two
 label files of the same split (both layouts in one folder) counts once, labelled rows first.
@@ -49,7 +49,6 @@ import pandas as pd
 import tensorflow as tf
 
 from boneage.model import get_config
-from boneage.xlsx import read_xlsx_rows
 from common.augment import AugmentConfig
 from common.augment import make_image_dataset
 from common.errors import DataError
@@ -292,6 +291,52 @@ def _sniff_image(path, csv_path, row, column):
         read_image(path)
     except ImageReadError as error:
         raise DataError(f"corrupt image: {error.reason} {where}", path=path) from None
+
+
+def read_xlsx_rows(path):
+    """The first worksheet's rows as `(row_number, [cell text, ...])`, 1-based like Excel.
+
+    Read with `pandas.read_excel` (openpyxl). Numbers read as written (integers without `.0`),
+    booleans as `TRUE`/`FALSE`, empty cells as "".
+
+    Args:
+        path: an `.xlsx` file.
+
+    Returns:
+        A list of `(row_number, cells)` for every row that has a cell.
+
+    Raises:
+        DataError: the file is missing or not a readable workbook (named).
+    """
+    import zipfile
+
+    try:
+        frame = pd.read_excel(path, sheet_name=0, header=None, dtype=object, engine="openpyxl")
+    except FileNotFoundError:
+        raise DataError("label file not found", path=path) from None
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
+        raise DataError(f"not a readable .xlsx workbook ({error})", path=path) from None
+
+    def text(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, (bool, np.bool_)):
+            return "TRUE" if value else "FALSE"
+        if isinstance(value, (int, np.integer)):
+            return str(int(value))
+        if isinstance(value, (float, np.floating)):
+            value = float(value)
+            return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+        return str(value)
+
+    rows = []
+    for position, values in enumerate(frame.itertuples(index=False), start=1):
+        cells = [text(v) for v in values]
+        while cells and cells[-1] == "":
+            cells.pop()
+        if cells:
+            rows.append((position, cells))
+    return rows
 
 
 def _read_rows(path):

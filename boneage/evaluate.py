@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -48,7 +47,7 @@ from common.progress import progress
 # "Final") and the challenge winner's, as the paper quotes it (§I: "mae= 5.6 months vs mae= 4.3").
 RSNA_REFERENCE = {"mae_months": 5.6, "rsna_2017_winner_mae_months": 4.3}
 RSNA_NOTE = (
-    "RSNA 2017 test set figures, not ours: BoneAgeNet's test MAE (paper 003, Table 1, 'Final') "
+    "RSNA 2017 test set figures, not ours: BoneAgeNet's test MAE (Ma 2021, Table 1, 'Final') "
     "and the RSNA 2017 challenge winner's 4.3 months as the paper quotes it (§I). Ours are "
     "measured on the data given to this run (phantoms by default), so the two are not the same "
     "measurement"
@@ -194,13 +193,6 @@ def age_metrics(y_true, y_pred, male, train_mean_months, *, groups=None, seed=0)
 # --------------------------------------------------------------------------- plots
 
 
-def _png(fig):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    fig.clear()
-    return buffer.getvalue()
-
-
 def plot_error_by_age(y_true, y_pred) -> bytes:
     """Signed error (predicted - true) against the true age, with each age band's MAE.
 
@@ -230,12 +222,15 @@ def plot_error_by_age(y_true, y_pred) -> bytes:
     axis.set_ylabel("predicted − true (months)")
     axis.set_title("Error by age (red: ± the band's MAE)")
     axis.grid(alpha=0.3)
-    return _png(fig)
+    return reports.figure_png(fig)
 
 
 def cam_overlay_png(image, cam, title):
-    """PNG of a class activation map's magnitude over the image (any sizes; the map is resized)."""
-    return reports.overlay_png(image, np.abs(cam), title=title)
+    """PNG of a class activation map's magnitude over the image (any sizes; the map is resized),
+    with a colour bar."""
+    return reports.overlay_png(
+        image, np.abs(cam), title=title, colorbar_label="|CAM| (scaled to its range)"
+    )
 
 
 def _sample_cams(model, records, config, count=6):
@@ -272,6 +267,7 @@ def evaluate_model(
     history_path=None,
     verbose=1,
     seed=0,
+    data_path=None,
 ):
     """Evaluates `model` on `records` (one labelled split) and writes the evaluation files.
 
@@ -289,6 +285,7 @@ def evaluate_model(
         history_path: the run's `history.csv` for the learning curves, if any.
         verbose: print a one-line summary.
         seed: bootstrap seed.
+        data_path: the data set's path, named in the report's header.
 
     Returns:
         The metrics dict (as written to `metrics.json`).
@@ -316,7 +313,19 @@ def evaluate_model(
             "age_band": [age_band(a) for a in y_true],
         }
     )
-    report = _report(model, records, config, metrics, y_true, y_pred, male, history_path)
+    report = build_report(
+        metrics,
+        y_true,
+        y_pred,
+        male,
+        model_text=(
+            f"Model {model.name} ({model.count_params():,} parameters, input "
+            f"{config.image_size_hw[0]} x {config.image_size_hw[1]})"
+        ),
+        history_path=history_path,
+        cams=_sample_cams(model, records, config),
+        data_path=data_path,
+    )
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
     report.write(output_path(out_dir, "report.html"))
@@ -330,32 +339,59 @@ def evaluate_model(
     return metrics
 
 
-def _report(model, records, config, metrics, y_true, y_pred, male, history_path):
+def build_report(
+    metrics, y_true, y_pred, male, *, model_text, history_path=None, cams=(), data_path=None
+):
+    """The evaluation report of a bone-age model from its numbers (what `evaluate_model` writes).
+
+    Args:
+        metrics: `age_metrics`' dict (with "ci").
+        y_true: `(N,)` true ages in months.
+        y_pred: `(N,)` predicted ages in months.
+        male: `(N,)` 1 for boys.
+        model_text: one phrase naming the model (name, parameters, input size).
+        history_path: the run's `history.csv`, if any.
+        cams: `(png, caption)` CAM overlays.
+        data_path: the data set's path, shown in the header.
+
+    Returns:
+        The `common.reports.HTMLReport`.
+    """
     ci = metrics["ci"]
-    report = reports.HTMLReport("Bone age (BoneAgeNet): evaluation")
+    y_true = np.asarray(y_true, np.float64)
+    y_pred = np.asarray(y_pred, np.float64)
+    male = np.asarray(male).astype(int)
+    report = reports.HTMLReport("Bone age (BoneAgeNet): evaluation", data_path=data_path)
     report.add_paragraph(
-        f"Model {model.name} ({model.count_params():,} parameters, input "
-        f"{config.image_size_hw[0]} x {config.image_size_hw[1]}), {len(y_true)} held-out images "
-        f"({int(male.sum())} boys). Mean predictor: the training split's mean age, "
-        f"{metrics['train_mean_age_months']:.1f} months, for everyone. 95% intervals by bootstrap "
-        "over subjects."
+        f"{model_text}, {len(y_true)} held-out images ({int(male.sum())} boys). Mean predictor: "
+        f"the training split's mean age, {metrics['train_mean_age_months']:.1f} months, for "
+        "everyone. 95% intervals by bootstrap over subjects."
     )
-    shown = ("mae_months", "baseline_mae_months", "mae_months_by_sex", "mae_months_by_age_band")
-    report.add_metrics(
-        {
-            **{k: metrics[k] for k in shown},
-            "rmse_months": metrics["rmse_months"],
-            "mean_error_months": metrics["mean_error_months"],
-            "mae_ratio_to_baseline": metrics["mae_ratio_to_baseline"],
+    cases = {
+        "mae_months_by_sex": {"male": int((male == 1).sum()), "female": int((male == 0).sum())},
+        "mae_months_by_age_band": {
+            band: sum(age_band(a) == band for a in y_true) for band in band_labels()
         },
-        ci={k: ci[k] for k in (*shown, "rmse_months")},
+    }
+    shown = {}
+    for key in ("mae_months", "baseline_mae_months", "rmse_months"):
+        shown[key] = reports.value_with_ci(metrics[key], ci.get(key), cases=len(y_true))
+    for key, counts in cases.items():
+        shown[key] = {
+            name: reports.value_with_ci(value, ci[key].get(name), cases=counts.get(name))
+            for name, value in metrics[key].items()
+        }
+    shown["mean_error_months"] = metrics["mean_error_months"]
+    shown["mae_ratio_to_baseline"] = metrics["mae_ratio_to_baseline"]
+    report.add_metrics(
+        shown,
         reference=RSNA_REFERENCE,
-        reference_note=RSNA_NOTE,
+        reference_note=RSNA_NOTE + ". Brackets: 95% bootstrap interval",
         reference_label="RSNA 2017 test set",
     )
     report.add_table(
         [
-            {"": "RSNA 2017 (paper 003, Table 1, Final)", **TABLE1_FINAL},
+            {"": "RSNA 2017 (Ma 2021, Table 1, Final)", **TABLE1_FINAL},
             {
                 "": "this run (test split)",
                 "train_mae_months": None,
@@ -367,34 +403,28 @@ def _report(model, records, config, metrics, y_true, y_pred, male, history_path)
         "history.csv). Different data sets: the comparison shows scale, not rank.",
     )
     report.add_heading("Predicted against true age (as the paper's Fig. 3)")
-    report.add_image(
-        reports.plot_scatter(
-            y_true,
-            y_pred,
-            xlabel="true bone age (months)",
-            ylabel="predicted bone age (months)",
-            title="This run's test split",
-        ),
-        "Predicted against true bone age; the paper's Fig. 3 shows the same plot for the RSNA "
-        "2017 validation and test sets (MAE 5.6 months on the test set).",
+    report.add_paragraph(
+        "The paper's Fig. 3 shows the scatter for the RSNA 2017 validation and test sets (MAE "
+        "5.6 months on the test set)."
     )
-    if len(y_true) >= 2:
-        report.add_image(
-            reports.plot_bland_altman(y_true, y_pred, unit="months"), "Bland–Altman agreement"
-        )
-    report.add_image(plot_error_by_age(y_true, y_pred), "Error by true age")
-    report.add_image(
-        reports.plot_error_by_group(
-            np.where(male == 1, "male", "female"),
-            np.abs(y_pred - y_true),
-            ylabel="absolute error (months)",
-        ),
-        "Absolute error by sex",
+    report.add_regression(y_true, y_pred, what="bone age", unit="months")
+    report.add_images_grid(
+        [
+            (plot_error_by_age(y_true, y_pred), "Error by true age"),
+            (
+                reports.plot_error_by_group(
+                    np.where(male == 1, "male", "female"),
+                    np.abs(y_pred - y_true),
+                    ylabel="absolute error (months)",
+                ),
+                "Absolute error by sex",
+            ),
+        ]
     )
     if history_path and os.path.exists(history_path):
         report.add_image(
             reports.plot_learning_curves(reports.read_history(history_path)),
-            "Learning curves (loss: MSE + α‖w‖²; val_mae in months)",
+            "Learning curves (loss: MSE + α‖w‖²; MAE in months)",
         )
     report.add_heading("Class activation maps (§VI, Fig. 4)")
     report.add_paragraph(
@@ -402,7 +432,8 @@ def _report(model, records, config, metrics, y_true, y_pred, male, history_path)
         "the image the predicted age comes from (boneage.explain). The paper's Fig. 4 (RSNA "
         "images, Modified 3) highlights the hand, mostly the fingers."
     )
-    report.add_images_grid(_sample_cams(model, records, config))
+    if cams:
+        report.add_images_grid(cams)
     return report
 
 
@@ -453,6 +484,7 @@ def evaluate(model, data_dir, out_dir, *, split="test", seed=None, batch_size=No
         out_dir=out_dir,
         history_path=Path(model_path).with_name("history.csv"),
         verbose=verbose,
+        data_path=data_dir,
     )
 
 

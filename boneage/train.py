@@ -169,6 +169,7 @@ def train(
         out_dir=out_dir,
         history_path=os.path.join(os.fspath(out_dir), "history.csv"),
         verbose=verbose,
+        data_path=data_dir,
     )
 
 

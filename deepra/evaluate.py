@@ -246,13 +246,6 @@ def detector_metrics(found, truth, class_names, *, iou_threshold=0.6, n_boot=100
 # Report pieces
 
 
-def _png(rgb):
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("could not encode a PNG")
-    return encoded.tobytes()
-
-
 def _gray_rgb(image01):
     return np.repeat((np.clip(image01, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
@@ -278,15 +271,18 @@ def detection_overlay(image01, boxes):
     return rgb
 
 
-def attention_panel(image01, crops, title, height_px=384, alpha=0.5):
-    """The film with each crop's attention weights painted into its box (jet), boxes outlined.
+def attention_panel(image01, crops, title, height_px=384, alpha=0.6):
+    """The film with each crop's attention weights blended into its box (jet), boxes outlined.
+
+    Each pixel's colour weight is `alpha` times its attention weight, so low attention leaves the
+    gray film (the anatomy) visible and only high attention is coloured.
 
     Args:
         image01: the film `(H, W)` in [0, 1].
         crops: list of `(box xyxy, attention (h, w) in [0, 1], label)`.
         title: text written at the top left.
         height_px: height of the panel.
-        alpha: weight of the attention colours.
+        alpha: weight of the attention colours where the attention weight is 1.
 
     Returns:
         RGB uint8 `(height_px, W', 3)`.
@@ -302,9 +298,11 @@ def attention_panel(image01, crops, title, height_px=384, alpha=0.5):
         if xb - xa < 2 or yb - ya < 2:
             continue
         heat = cv2.resize(np.asarray(mask, np.float32), (xb - xa, yb - ya), cv2.INTER_LINEAR)
-        colour = jet(np.clip(heat, 0, 1))[..., :3]
+        heat = np.clip(heat, 0, 1)
+        colour = jet(heat)[..., :3]
         region = rgb[ya:yb, xa:xb]
-        rgb[ya:yb, xa:xb] = (1 - alpha) * region + alpha * colour
+        weight = alpha * heat[..., None]
+        rgb[ya:yb, xa:xb] = (1 - weight) * region + weight * colour
     out = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     for (x0, y0, x1, y1), _, label in crops:
         cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (255, 255, 255), 1)
@@ -334,7 +332,12 @@ def _crop_overlays(joint_results, count=6):
         )
         title = f"{report_caption(record['path'])} {record['crop']} ({scores})"
         png = reports.overlay_png(
-            records.attrs["crops"][int(i)], records.attrs["attention"][int(i)], title=title
+            records.attrs["crops"][int(i)],
+            records.attrs["attention"][int(i)],
+            title=title,
+            alpha=0.6,
+            colorbar_label="attention (min–max of this crop)",
+            weight_by_value=True,
         )
         items.append((png, title))
     return items
@@ -405,6 +408,144 @@ def _per_model_rmse(joint_results):
 # Evaluation
 
 
+def build_report(
+    metrics,
+    *,
+    values,
+    base_values,
+    detector_ap,
+    truth,
+    predicted,
+    per_group,
+    table2_rows,
+    history_path=None,
+    detection_items=(),
+    crop_items=(),
+    films=0,
+    config=None,
+    seed=0,
+    data_path=None,
+):
+    """The DeepRA evaluation report from its numbers (what `evaluate_pipeline` writes).
+
+    Args:
+        metrics: the metrics dict (with `ci`, `baseline`, `detector_map`, `patients`).
+        values: the pipeline's scores (`score_metrics` values).
+        base_values: the baseline's.
+        detector_ap: {"hand", "foot"} per-class AP dicts (may be empty).
+        truth: `(N,)` true Overall_Tol per held-out patient.
+        predicted: `(N,)` predicted Overall_Tol.
+        per_group: {joint model: {"DeepRA": rmse, "baseline": rmse}}.
+        table2_rows: the rows of the Table 2 layout.
+        history_path: the run's `history.csv` (column `model`), if any.
+        detection_items: `(png, caption)` stage-1 pictures.
+        crop_items: `(png, caption)` attention overlays on crops.
+        films: the number of films evaluated.
+        config: the run's configuration (`preset`, `seed`, `column_weights`).
+        seed: the evaluation seed.
+        data_path: the data set's path, shown in the header.
+
+    Returns:
+        The `common.reports.HTMLReport`.
+    """
+    config = config or {}
+    weights = config.get("column_weights")
+    patients = int(metrics["patients"])
+    report = reports.HTMLReport(
+        "DeepRA: RA joint damage from hand and foot films", data_path=data_path
+    )
+    report.add_paragraph(
+        f"{reports.count_noun(patients, 'held-out patient')} "
+        f"({reports.count_noun(films, 'film')}) through the whole pipeline: "
+        "detection of fingers, toes and wrists, crops, the six joint models, sums. 95% intervals "
+        f"by bootstrap over patients (detector mAP: over films). Preset {config.get('preset')}, "
+        f"seed {config.get('seed', seed)}; metric weights: "
+        + (
+            "all 1 (the challenge never published its weights)."
+            if not weights
+            else "as configured."
+        )
+    )
+    report.add_heading("Scores (§4.3.2), beside the paper's")
+    report.add_metrics(
+        {k: metrics[k] for k in (*METRIC_KEYS, "baseline", "detector_map")},
+        ci={k: metrics["ci"][k] for k in (*METRIC_KEYS, "baseline", "detector_map")},
+        reference={k: PAPER_TABLE3[k] for k in (*METRIC_KEYS, "baseline", "detector_map")},
+        reference_note=PAPER_NOTE,
+    )
+    rows = []
+    for label, source, ref in (
+        ("Baseline (this run)", base_values, None),
+        ("DeepRA pipeline (this run)", values, None),
+        ("Baseline (paper, RA2-DREAM final test set)", None, PAPER_TABLE3["baseline"]),
+        ("Final Performance, EfficientNet & Attention (paper)", None, PAPER_TABLE3),
+    ):
+        table = source or ref
+        cell = reports.Published if source is None else float
+        rows.append(
+            {
+                "experiment": label,
+                "weighted abs. error (overall)": cell(table["weighted_mae_overall"]),
+                "weighted RMSE (narrowing)": cell(table["weighted_rmse_narrowing"]),
+                "weighted RMSE (erosion)": cell(table["weighted_rmse_erosion"]),
+            }
+        )
+    report.add_table(rows, caption="Laid out like Table 3. Paper rows: the paper's data set.")
+    if detector_ap:
+        ours = table1(detector_ap.get("hand"), detector_ap.get("foot"))
+        paper = table1(TABLE1_AP["hand"], TABLE1_AP["foot"])
+        rows = [
+            {
+                "joint type": index,
+                "hand AP (ours)": ours.loc[index, "Hand Model Joint Wise AP"],
+                "feet AP (ours)": ours.loc[index, "Feet Model Joint Wise AP"],
+                "hand AP (paper)": reports.Published(paper.loc[index, "Hand Model Joint Wise AP"]),
+                "feet AP (paper)": reports.Published(paper.loc[index, "Feet Model Joint Wise AP"]),
+            }
+            for index in ours.index
+        ]
+        report.add_table(
+            rows,
+            caption="Laid out like Table 1: AP at IoU 0.6 per class. Paper columns: 50 held-out "
+            "real films per detector.",
+        )
+    report.add_table(
+        table2_rows,
+        caption="Laid out like Table 2. Paper counts: crops of the 367 training patients.",
+    )
+    report.add_table(
+        crop_mapping_rows(),
+        caption="Which RA2 columns each detected crop gives, through which joint model "
+        "(left limbs shown; RH and RF crops give the same columns with RH_ and RF_).",
+    )
+    report.add_image(
+        reports.plot_bars(per_group, ylabel="RMSE (held-out joints)", title="RMSE per joint model"),
+        "RMSE of each joint model's joints on the held-out patients, beside the baseline's",
+    )
+    report.add_heading("Overall damage per held-out patient (Overall_Tol)")
+    report.add_regression(truth, predicted, what="Overall_Tol", unit="points")
+    if history_path is not None and Path(history_path).is_file():
+        report.add_heading("Learning curves, one model per figure")
+        history = pd.read_csv(history_path)
+        for name, frame in history.groupby("model", sort=False):
+            frame = frame.drop(columns=["model"]).dropna(axis=1, how="all")
+            report.add_image(
+                reports.plot_learning_curves(frame, title=f"{name} model"),
+                f"Learning curves of the {name} model",
+            )
+    if detection_items:
+        report.add_images_grid(detection_items)
+    crops = crop_items
+    if crops:
+        report.add_paragraph(
+            "Attention weights of the hand-erosion model over held-out crops (§4.4; the paper's "
+            "Fig. 4 shows the same kind of map for narrowing on real films), most eroded first; "
+            "titles: file, crop, (distal/proximal) true -> predicted."
+        )
+        report.add_images_grid(crops)
+    return report
+
+
 def evaluate_pipeline(
     detectors,
     joint_models,
@@ -418,6 +559,7 @@ def evaluate_pipeline(
     history_path=None,
     seed=0,
     verbose=1,
+    data_path=None,
 ):
     """Runs the pipeline on held-out films and writes `metrics.json`, `predictions.csv`, `report.html`.
 
@@ -433,6 +575,7 @@ def evaluate_pipeline(
         history_path: the run's `history.csv` for learning curves (optional).
         seed: seed of the baseline draws and the bootstrap.
         verbose: print a summary.
+        data_path: the data set's path, named in the report's header.
 
     Returns:
         The metrics dict.
@@ -497,95 +640,11 @@ def evaluate_pipeline(
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
     reports.write_csv(output_path(out_dir, "predictions.csv"), predicted[list(TRAINING_COLUMNS)])
 
-    report = reports.HTMLReport("DeepRA: RA joint damage from hand and foot films")
-    report.add_paragraph(
-        f"{len(patients)} held-out patients ({len(films)} films) through the whole pipeline: "
-        "detection of fingers, toes and wrists, crops, the six joint models, sums. 95% intervals "
-        f"by bootstrap over patients (detector mAP: over films). Preset {config.get('preset')}, "
-        f"seed {config.get('seed', seed)}; metric weights: "
-        + (
-            "all 1 (the challenge never published its weights)."
-            if not weights
-            else "as configured."
-        )
-    )
-    report.add_heading("Scores (§4.3.2), beside the paper's")
-    report.add_metrics(
-        {k: metrics[k] for k in (*METRIC_KEYS, "baseline", "detector_map")},
-        ci={k: metrics["ci"][k] for k in (*METRIC_KEYS, "baseline", "detector_map")},
-        reference={k: PAPER_TABLE3[k] for k in (*METRIC_KEYS, "baseline", "detector_map")},
-        reference_note=PAPER_NOTE,
-    )
-    rows = []
-    for label, source, ref in (
-        ("Baseline (this run)", base_values, None),
-        ("DeepRA pipeline (this run)", values, None),
-        ("Baseline (paper, RA2-DREAM final test set)", None, PAPER_TABLE3["baseline"]),
-        ("Final Performance, EfficientNet & Attention (paper)", None, PAPER_TABLE3),
-    ):
-        table = source or ref
-        rows.append(
-            {
-                "experiment": label,
-                "weighted abs. error (overall)": table["weighted_mae_overall"],
-                "weighted RMSE (narrowing)": table["weighted_rmse_narrowing"],
-                "weighted RMSE (erosion)": table["weighted_rmse_erosion"],
-            }
-        )
-    report.add_table(rows, caption="Laid out like Table 3. Paper rows: the paper's data set.")
-    if detector_ap:
-        ours = table1(detector_ap.get("hand"), detector_ap.get("foot"))
-        paper = table1(TABLE1_AP["hand"], TABLE1_AP["foot"])
-        rows = [
-            {
-                "joint type": index,
-                "hand AP (ours)": ours.loc[index, "Hand Model Joint Wise AP"],
-                "feet AP (ours)": ours.loc[index, "Feet Model Joint Wise AP"],
-                "hand AP (paper)": paper.loc[index, "Hand Model Joint Wise AP"],
-                "feet AP (paper)": paper.loc[index, "Feet Model Joint Wise AP"],
-            }
-            for index in ours.index
-        ]
-        report.add_table(
-            rows,
-            caption="Laid out like Table 1: AP at IoU 0.6 per class. Paper columns: 50 held-out "
-            "real films per detector.",
-        )
-    report.add_table(
-        _table2_rows(joint_results, config),
-        caption="Laid out like Table 2. Paper counts: crops of the 367 training patients.",
-    )
-    report.add_table(
-        crop_mapping_rows(),
-        caption="Which RA2 columns each detected crop gives, through which joint model "
-        "(left limbs shown; RH and RF crops give the same columns with RH_ and RF_).",
-    )
     per_group = {}
     for key in joint_results:
         per_group[key] = {"DeepRA": metrics["per_model_rmse"][key]}
-    base_errors = _baseline_rmse_by_model(joint_results, baseline)
-    for key, value in base_errors.items():
+    for key, value in _baseline_rmse_by_model(joint_results, baseline).items():
         per_group.setdefault(key, {})["baseline"] = value
-    report.add_image(
-        reports.plot_bars(per_group, ylabel="RMSE (held-out joints)", title="RMSE per joint model"),
-        "RMSE of each joint model's joints on the held-out patients, beside the baseline's",
-    )
-    report.add_image(
-        reports.plot_scatter(
-            truth["Overall_Tol"].to_numpy(float),
-            predicted["Overall_Tol"].to_numpy(float),
-            xlabel="Overall_Tol (truth)",
-            ylabel="Overall_Tol (predicted)",
-        ),
-        "Overall damage per held-out patient",
-    )
-    if history_path is not None and Path(history_path).is_file():
-        history = pd.read_csv(history_path)
-        items = []
-        for name, frame in history.groupby("model", sort=False):
-            frame = frame.drop(columns=["model"]).dropna(axis=1, how="all")
-            items.append((reports.plot_learning_curves(frame), f"Learning curves: {name}"))
-        report.add_images_grid(items)
     shown = []
     for kind in ("hand", "foot"):
         kind_films = films[[pipeline.limb_kind(limb) == kind for limb in films["limb"]]]
@@ -594,20 +653,27 @@ def evaluate_pipeline(
             boxes = detections[detections["image"] == str(path)]
             shown.append(
                 (
-                    _png(detection_overlay(read_image(path), boxes)),
+                    reports.encode_png(detection_overlay(read_image(path), boxes)),
                     f"Stage 1 on {report_caption(path)} (green: detected, orange: prior box)",
                 )
             )
-    if shown:
-        report.add_images_grid(shown)
-    crops = _crop_overlays(joint_results)
-    if crops:
-        report.add_paragraph(
-            "Attention weights of the hand-erosion model over held-out crops (§4.4; the paper's "
-            "Fig. 4 shows the same kind of map for narrowing on real films), most eroded first; "
-            "titles: file, crop, (distal/proximal) true -> predicted."
-        )
-        report.add_images_grid(crops)
+    report = build_report(
+        metrics,
+        values=values,
+        base_values=base_values,
+        detector_ap=detector_ap,
+        truth=truth["Overall_Tol"].to_numpy(float),
+        predicted=predicted["Overall_Tol"].to_numpy(float),
+        per_group=per_group,
+        table2_rows=_table2_rows(joint_results, config),
+        history_path=history_path,
+        detection_items=shown,
+        crop_items=_crop_overlays(joint_results),
+        films=len(films),
+        config=config,
+        seed=seed,
+        data_path=data_path,
+    )
     report.write(output_path(out_dir, "report.html"))
     if verbose:
         print(
@@ -699,6 +765,7 @@ def evaluate(
         history_path=pipeline.run_dir_of(model) / "history.csv",
         seed=int(config.get("seed", 0)),
         verbose=verbose,
+        data_path=data_dir,
     )
 
 
@@ -913,7 +980,7 @@ def crop_overlay(crop01, mask, lines, side_px=160):
     weights = np.asarray(mask, np.float32)
     width = int(round(side_px * crop.shape[1] / crop.shape[0]))
     plain = cv2.resize(_gray_rgb(crop), (width, side_px), interpolation=cv2.INTER_NEAREST)
-    heat = reports.overlay_map(crop, weights, alpha=0.5)
+    heat = reports.overlay_map(crop, weights, alpha=0.6, weight_by_value=True)
     heat = cv2.resize(heat, (width, side_px), interpolation=cv2.INTER_NEAREST)
     lines = [*lines, f"attention {weights.min():.2f}..{weights.max():.2f} (jet, scaled)"]
     top = 15 * len(lines) + 4
@@ -984,7 +1051,11 @@ def _write_explanations(out_dir, films, detections, results, names):
             scores = [f"{record[f'{o}__column']} {record[o]:.1f}" for o in outputs]
             lines = [f"{stem} {record['crop']}, {key} model, predicted:"]
             lines += [", ".join(scores[k : k + 2]) for k in range(0, len(scores), 2)]
-            png = _png(crop_overlay(records.attrs["crops"][i], mask, lines))
+            png = reports.image_png(
+                crop_overlay(records.attrs["crops"][i], mask, lines),
+                cmap="jet",
+                colorbar_label="attention (min–max of this crop)",
+            )
             folder = output_path(out_dir, f"{stem}_attention")
             reports.save_png(os.path.join(folder, f"{key}__{record['crop']}.png"), png)
     for path in films["path"]:
@@ -995,9 +1066,13 @@ def _write_explanations(out_dir, films, detections, results, names):
             attention_panel(image, entry["narrowing"], "narrowing models"),
         ]
         stem = names.stem(path)
-        reports.save_png(
-            output_path(out_dir, f"{stem}_attention.png"), _png(np.concatenate(panels, axis=1))
+        png = reports.image_png(
+            np.concatenate(panels, axis=1),
+            cmap="jet",
+            colorbar_label="attention weight (colour weight grows with it)",
+            height_px=panels[0].shape[0],
         )
+        reports.save_png(output_path(out_dir, f"{stem}_attention.png"), png)
         target = Path(output_path(out_dir, f"{stem}_attention.npz"))
         tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.npz")
         np.savez_compressed(tmp, **entry["arrays"])

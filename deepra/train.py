@@ -864,6 +864,7 @@ def train(
         history_path=out_dir / "history.csv",
         seed=seed,
         verbose=verbose,
+        data_path=data_dir,
     )
     if verbose:
         print(f"Training and evaluation took {time.time() - started:.0f} s.", flush=True)

@@ -29,13 +29,16 @@ from kneeoa.model import explain_model
 from kneeoa.model import logits_model
 
 KL_NAMES = [f"KL{k}" for k in range(5)]
+MASK_LABEL = "attention mask (scaled to its range)"
 # Paper 000, Tables 1 and 2: VGG-16 multi-loss att0, OAI + MOST test set.
 PAPER_REFERENCE = {"accuracy": 0.643, "kappa_quadratic": 0.63}
 PAPER_NOTE = (
-    "Paper figures: Górriz et al. 2019, Tables 1-2, VGG-16 multi-loss att0 on the OAI + MOST test "
-    "set (the paper does not say which kappa weighting it uses). Ours are on the data set given to "
-    "this run (phantoms by default), so the two are not the same measurement."
+    "Górriz et al. 2019, Tables 1-2, VGG-16 multi-loss att0 on the OAI + MOST test set (the paper "
+    "does not say which kappa weighting it uses). Ours are on the data set given to this run "
+    "(phantoms by default), so the two are not the same measurement."
 )
+# The paper's best base (Table 1): its column is shown when the run's base is not in Table 1.
+PAPER_BASE = "vgg16"
 
 
 def model_config(model, model_path=None):
@@ -122,14 +125,99 @@ def _sample_overlays(model, records, config, count=6):
             if key not in out:
                 continue
             mask = np.asarray(out[key][i])[..., 0]
-            title = (
-                f"{report_caption(row['path'])} {row.get('side', '')} KL{int(row['kl'])} {branch}"
-            )
-            items.append((reports.overlay_png(image, mask, title=title), title))
+            title = f"{report_caption(row['path'])} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            png = reports.overlay_png(image, mask, title=title, colorbar_label=MASK_LABEL)
+            items.append((png, title))
     return items
 
 
-def evaluate_model(model, records, *, config, out_dir, history_path=None, verbose=1, seed=0):
+def build_report(
+    values,
+    ci,
+    *,
+    y_true,
+    probs,
+    preds,
+    config,
+    model_name,
+    history_path=None,
+    overlays=(),
+    data_path=None,
+):
+    """The evaluation report of a KL grader from its numbers (what `evaluate_model` writes).
+
+    Args:
+        values: the metrics (`kl_metrics` values plus `confusion_matrix`).
+        ci: their 95% intervals.
+        y_true: `(N,)` true KL grades.
+        probs: `(N, 5)` class probabilities of the test branch.
+        preds: dict branch -> `(N,)` predicted grades (the test branch's as in predictions.csv).
+        config: the model's configuration (`test_branch`, `base`).
+        model_name: the model's name.
+        history_path: the run's `history.csv`, if any.
+        overlays: `(png, caption)` attention overlays, or a text saying why there are none.
+        data_path: the data set's path, shown in the header.
+
+    Returns:
+        The `common.reports.HTMLReport`.
+    """
+    test_branch = config["test_branch"]
+    report = reports.HTMLReport("Knee OA KL grading: evaluation", data_path=data_path)
+    report.add_paragraph(
+        f"Model {model_name}, test branch {test_branch}, {len(y_true)} knees; 95% intervals by "
+        "bootstrap over participants."
+    )
+    keys = ("accuracy", "kappa_quadratic", "kappa_linear", "mae_kl")
+    report.add_metrics(
+        {k: values[k] for k in keys},
+        ci={k: ci[k] for k in keys},
+        reference=PAPER_REFERENCE,
+        reference_note=PAPER_NOTE,
+    )
+    base = config.get("base")
+    shown_base = base if base in TABLE1_ACCURACY else PAPER_BASE
+    paper = TABLE1_ACCURACY[shown_base]
+    table = [
+        {
+            "branch": branch,
+            "accuracy (ours) [95% CI]": reports.value_with_ci(
+                values["per_branch_accuracy"].get(branch), ci["per_branch_accuracy"].get(branch)
+            ),
+            f"Table 1, {shown_base} multi-loss (paper)": (paper.get("multi-loss") or {}).get(
+                branch
+            ),
+            f"Table 1, {shown_base} single branch (paper)": paper.get(
+                "early-fusion" if branch == "fusion" else branch
+            ),
+        }
+        for branch in preds
+    ]
+    caption = "Per-branch accuracy, laid out like Table 1 (paper figures: OAI + MOST test set)."
+    if shown_base != base:
+        caption += (
+            f" This run's base ({base}) is not in Table 1: the paper columns show its best base, "
+            f"{shown_base}. A dash: the paper reports no such model."
+        )
+    report.add_table(table, caption=caption)
+    report.add_heading(f"KL grade of {test_branch}")
+    report.add_classification(
+        y_true, probs, KL_NAMES, what=f"KL grade ({test_branch})", y_pred=preds[test_branch]
+    )
+    if history_path and os.path.exists(history_path):
+        report.add_image(
+            reports.plot_learning_curves(reports.read_history(history_path)), "Learning curves"
+        )
+    if isinstance(overlays, str):
+        report.add_paragraph(overlays)
+    elif overlays:
+        report.add_heading("Attention masks")
+        report.add_images_grid(overlays)
+    return report
+
+
+def evaluate_model(
+    model, records, *, config, out_dir, history_path=None, verbose=1, seed=0, data_path=None
+):
     """Evaluates `model` on `records` (one split) and writes the run's evaluation files.
 
     Writes `metrics.json` (CONTRACT.md keys, `ci`, the averaged-logits ensemble of §4 under
@@ -181,49 +269,22 @@ def evaluate_model(model, records, *, config, out_dir, history_path=None, verbos
         frame[f"prob_kl{k}"] = probs[test_branch][:, k]
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
 
-    report = reports.HTMLReport("Knee OA KL grading: evaluation")
-    report.add_paragraph(
-        f"Model {model.name}, test branch {test_branch}, {len(y_true)} knees; 95% intervals by "
-        "bootstrap over participants."
-    )
-    report.add_metrics(
-        {k: values[k] for k in ("accuracy", "kappa_quadratic", "kappa_linear", "mae_kl")},
-        ci={k: ci[k] for k in ("accuracy", "kappa_quadratic", "kappa_linear", "mae_kl")},
-        reference=PAPER_REFERENCE,
-        reference_note=PAPER_NOTE,
-    )
-    base = config.get("base")
-    table = [
-        {
-            "branch": branch,
-            "accuracy (ours)": values["per_branch_accuracy"].get(branch),
-            "95% CI": ci["per_branch_accuracy"].get(branch),
-            "Table 1, multi-loss (paper)": (
-                TABLE1_ACCURACY.get(base, {}).get("multi-loss", {}) or {}
-            ).get(branch),
-            "Table 1, single branch (paper)": TABLE1_ACCURACY.get(base, {}).get(branch),
-        }
-        for branch in preds
-    ]
-    report.add_table(
-        table, caption=f"Per-branch accuracy, laid out like Table 1 (paper base: {base})."
-    )
-    report.add_image(
-        reports.plot_confusion_matrix(np.asarray(values["confusion_matrix"]), KL_NAMES),
-        f"Confusion matrix of {test_branch} (rows: true KL)",
-    )
-    report.add_image(
-        reports.plot_calibration(y_true, probs[test_branch], class_names=KL_NAMES),
-        "Reliability of the predicted KL probabilities (one-vs-rest)",
-    )
-    if history_path and os.path.exists(history_path):
-        report.add_image(
-            reports.plot_learning_curves(reports.read_history(history_path)), "Learning curves"
-        )
     try:
-        report.add_images_grid(_sample_overlays(model, records, config))
+        overlays = _sample_overlays(model, records, config)
     except (ValueError, KeyError) as exc:  # a model without attention branches
-        report.add_paragraph(f"No attention maps: {exc}")
+        overlays = f"No attention maps: {exc}"
+    report = build_report(
+        values,
+        ci,
+        y_true=y_true,
+        probs=probs[test_branch],
+        preds=preds,
+        config=config,
+        model_name=model.name,
+        history_path=history_path,
+        overlays=overlays,
+        data_path=data_path or config.get("data_dir"),
+    )
     report.write(output_path(out_dir, "report.html"))
     if verbose:
         print(
@@ -258,30 +319,37 @@ def evaluate(
     records = records[records["split"] == split]
     history = Path(model_path).with_name("history.csv")
     return evaluate_model(
-        model, records, config=config, out_dir=out_dir, history_path=history, verbose=verbose
+        model,
+        records,
+        config=config,
+        out_dir=out_dir,
+        history_path=history,
+        verbose=verbose,
+        data_path=data_dir,
     )
 
 
-def _write_attention_overlay(out_dir, stem, image, outputs, index, branches, height_px=320):
-    """One PNG per knee: each branch's attention mask over the knee, side by side and labelled."""
+def _write_attention_overlay(out_dir, stem, image, outputs, index, branches, title, height_px=320):
+    """One PNG per knee: each branch's attention mask over the knee, side by side, with the
+    predicted grade in the title and a colour bar."""
     panels = []
     for branch in branches:
         if f"{branch}_mask" not in outputs:
             continue
         panel = reports.overlay_map(image, np.asarray(outputs[f"{branch}_mask"][index])[..., 0])
-        width = int(round(panel.shape[1] * height_px / panel.shape[0]))
-        panel = cv2.resize(panel, (width, height_px), interpolation=cv2.INTER_LINEAR)
         cv2.putText(
-            panel, branch, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA
+            panel, branch, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
         )
         panels.append(panel)
     name = f"{stem}_attention.png"
-    ok, encoded = cv2.imencode(
-        ".png", cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR)
+    png = reports.image_png(
+        np.concatenate(panels, axis=1),
+        title,
+        cmap="jet",
+        colorbar_label=MASK_LABEL,
+        height_px=height_px,
     )
-    if not ok:
-        raise ValueError(f"could not encode the overlay of {stem}")
-    reports.save_png(output_path(out_dir, name), encoded.tobytes())
+    reports.save_png(output_path(out_dir, name), png)
     return name
 
 
@@ -345,8 +413,12 @@ def predict(
                 row[f"{name}_pred"] = int(np.asarray(out[name][i]).argmax())
             if explainer is not None:
                 stem = names.stem(record["path"]) + (f"_{record['side']}" if record["side"] else "")
+                title = (
+                    f"{row['image']} {record['side']}: predicted KL{row['kl_pred']} "
+                    f"(p {probs[i].max():.2f}, {test_branch})"
+                ).replace("  ", " ")
                 row["overlay"] = _write_attention_overlay(
-                    out_dir, stem, np.asarray(images[i])[..., 0], out, i, config["branches"]
+                    out_dir, stem, np.asarray(images[i])[..., 0], out, i, config["branches"], title
                 )
             rows.append(row)
         offset += len(probs)

@@ -32,7 +32,6 @@ import re
 import warnings
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import pandas as pd
@@ -294,21 +293,10 @@ def study_metrics(labels, probabilities, patients, body_parts, *, seed=0, n_boot
 # --------------------------------------------------------------------------- report
 
 
-def _roc_curves(labels, probabilities, body_parts):
-    curves = {}
-    y = np.asarray(labels)
-    prob = np.asarray(probabilities)
-    parts = np.asarray(body_parts).astype(str)
-    for name, member in [("all studies", np.ones(len(y), bool))] + [
-        (part, parts == part) for part in sorted(set(parts))
-    ]:
-        if len(set(y[member])) == 2:
-            fpr, tpr, _ = M.roc_curve(y[member], prob[member])
-            curves[name] = (fpr, tpr, M.roc_auc(y[member], prob[member]))
-    return curves
-
-
-def _body_part_table(values, ci):
+def _body_part_table(values, ci, classes=None):
+    """Rows of the per-study-type table; `classes` ({part: classes present}) marks a part with one
+    class as `n/a (1 class)` (kappa and AUROC are undefined there)."""
+    classes = classes or {}
     rows = []
     parts = list(values["by_body_part"]) + ["overall"]
     for part in parts:
@@ -323,27 +311,26 @@ def _body_part_table(values, ci):
             ours = values["by_body_part"][part]
             interval = ci["by_body_part"][part]
         radiologists = RADIOLOGIST_KAPPA.get(part, (None, None, None))
+        present = classes.get(part)
         rows.append(
             {
                 "study type": part,
                 "studies (ours)": ours["studies"],
-                "kappa (ours) [95% CI]": _with_ci(ours["kappa"], interval["kappa"]),
-                "AUROC (ours) [95% CI]": _with_ci(ours["auroc"], interval["auroc"]),
-                "radiologist 1 (MURA test set)": radiologists[0],
-                "radiologist 2 (MURA test set)": radiologists[1],
-                "radiologist 3 (MURA test set)": radiologists[2],
-                "MURA model (MURA test set)": MURA_MODEL_KAPPA if part == "overall" else None,
+                "kappa (ours) [95% CI]": reports.value_with_ci(
+                    ours["kappa"], interval["kappa"], cases=ours["studies"], classes=present
+                ),
+                "AUROC (ours) [95% CI]": reports.value_with_ci(
+                    ours["auroc"], interval["auroc"], cases=ours["studies"], classes=present
+                ),
+                "radiologist 1 (MURA test set)": reports.Published(radiologists[0]),
+                "radiologist 2 (MURA test set)": reports.Published(radiologists[1]),
+                "radiologist 3 (MURA test set)": reports.Published(radiologists[2]),
+                "MURA model (MURA test set)": (
+                    reports.Published(MURA_MODEL_KAPPA) if part == "overall" else None
+                ),
             }
         )
     return rows
-
-
-def _with_ci(value, interval):
-    if value is None or not np.isfinite(value):
-        return None
-    if interval is None or not all(np.isfinite(v) for v in interval):
-        return float(value)
-    return reports.ValueCI(float(value), float(interval[0]), float(interval[1]))
 
 
 def _sample_studies(studies, count=4):
@@ -372,9 +359,93 @@ def _cam_overlays(records, studies, probs, cams, count=4, views_per_study=2):
                 f"{name} view {row['view']} ({label}); image p={probs[i]:.2f}, "
                 f"study p={study_prob[study]:.2f}"
             )
-            png = cam_overlay_png(read_image(row["image_path"]), cams[i], f"p={probs[i]:.2f}")
+            png = cam_overlay_png(read_image(row["image_path"]), cams[i], f"p = {probs[i]:.2f}")
             items.append((png, caption))
     return items
+
+
+def build_report(
+    values,
+    ci,
+    studies,
+    *,
+    images,
+    members=1,
+    history_path=None,
+    overlays=(),
+    title="MURA abnormality detection: evaluation",
+    data_path=None,
+):
+    """The evaluation report of a MURA model from its study-level numbers (`evaluate_model`'s).
+
+    Args:
+        values: `study_metrics` values.
+        ci: their 95% intervals.
+        studies: one row per study: `label`, `probability`, `body_part`, `patient_id`.
+        images: the number of images behind the studies.
+        members: models averaged.
+        history_path: the run's `history.csv`, if any.
+        overlays: `(png, caption)` CAM overlays.
+        title: the report's title.
+        data_path: the data set's path, shown in the header.
+
+    Returns:
+        The `common.reports.HTMLReport`.
+    """
+    labels = studies["label"].to_numpy().astype(int)
+    probability = studies["probability"].to_numpy(np.float64)
+    parts = studies["body_part"].astype(str).to_numpy()
+    patients = int(studies["patient_id"].nunique())
+    report = reports.HTMLReport(title, data_path=data_path)
+    report.add_paragraph(
+        f"{reports.count_noun(len(studies), 'study', 'studies')} "
+        f"({reports.count_noun(images, 'image')}, {reports.count_noun(patients, 'patient')}); "
+        f"{reports.count_noun(members, 'model')} averaged; a study's probability is the mean of "
+        f"its images', abnormal at {THRESHOLD}. 95% intervals: bootstrap over patients (1000 "
+        "resamples)."
+    )
+    report.add_heading("Study-level metrics")
+    report.add_metrics(
+        {k: values[k] for k in METRIC_KEYS},
+        ci={k: ci[k] for k in METRIC_KEYS},
+        reference=PAPER_REFERENCE,
+        reference_note=PAPER_NOTE,
+        reference_label="MURA paper (MURA test set)",
+    )
+    report.add_heading("Cohen's kappa per study type")
+    classes = {part: len(set(labels[parts == part].tolist())) for part in set(parts.tolist())}
+    report.add_table(
+        _body_part_table(values, ci, classes),
+        caption=(
+            "Ours: this run's data; n/a (1 class): the study type has only normal or only "
+            "abnormal studies here, so kappa and AUROC are undefined. Radiologists 1-3: the "
+            "slides' table ('Performance evaluation'), MURA test set; MURA model: Rajpurkar et "
+            "al. 2018, Table 2, MURA test set (overall only). The MURA columns are not measured "
+            "on this run's data."
+        ),
+    )
+    report.add_heading("Study-level abnormality: confusion matrix, ROC per body part, reliability")
+    single = sorted(part for part, count in classes.items() if count < 2)
+    if single:
+        report.add_paragraph(
+            "No ROC curve for " + ", ".join(single) + ": n/a (1 class) in this split."
+        )
+    report.add_classification(
+        labels,
+        probability,
+        ["normal", "abnormal"],
+        what="study abnormality",
+        y_pred=(probability >= THRESHOLD).astype(int),
+        groups=parts,
+    )
+    if history_path is not None and os.path.exists(history_path):
+        report.add_image(
+            reports.plot_learning_curves(reports.read_history(history_path)), "Learning curves"
+        )
+    if overlays:
+        report.add_heading("Class activation maps (last dense block through GAP) on sample studies")
+        report.add_images_grid(overlays)
+    return report
 
 
 def evaluate_model(
@@ -388,6 +459,7 @@ def evaluate_model(
     seed=0,
     batch_size=32,
     title="MURA abnormality detection: evaluation",
+    data_path=None,
 ):
     """Evaluates a model (or an ensemble) on image records and writes the run's evaluation files.
 
@@ -407,6 +479,7 @@ def evaluate_model(
         seed: bootstrap seed.
         batch_size: images per forward pass.
         title: the report's title.
+        data_path: the data set's path, named in the report's header.
 
     Returns:
         The metrics dict (as `metrics.json`).
@@ -457,42 +530,17 @@ def evaluate_model(
     )
     reports.write_csv(output_path(out_dir, "predictions.csv"), table)
 
-    report = reports.HTMLReport(title)
-    report.add_paragraph(
-        f"{len(studies)} studies ({len(records)} images, {metrics['patients']} patients); "
-        f"{len(members)} model(s) averaged; a study's probability is the mean of its images', "
-        f"abnormal at {THRESHOLD}. 95% intervals: bootstrap over patients (1000 resamples)."
+    report = build_report(
+        values,
+        ci,
+        studies,
+        images=len(records),
+        members=len(members),
+        history_path=history_path,
+        overlays=_cam_overlays(records, studies, probs, cams),
+        title=title,
+        data_path=data_path,
     )
-    report.add_heading("Study-level metrics")
-    report.add_metrics(
-        {k: values[k] for k in METRIC_KEYS},
-        ci={k: ci[k] for k in METRIC_KEYS},
-        reference=PAPER_REFERENCE,
-        reference_note=PAPER_NOTE,
-        reference_label="MURA paper (MURA test set)",
-    )
-    report.add_heading("Cohen's kappa per study type")
-    report.add_table(
-        _body_part_table(values, ci),
-        caption=(
-            "Ours: this run's data. Radiologists 1-3: the slides' table (paper 004, 'Performance "
-            "evaluation'), MURA test set; MURA model: Rajpurkar et al. 2018, Table 2, MURA test "
-            "set (overall only). The MURA columns are not measured on this run's data."
-        ),
-    )
-    curves = _roc_curves(studies["label"], studies["probability"], studies["body_part"])
-    if curves:
-        report.add_image(
-            reports.plot_roc(curves), "Study-level ROC curves, overall and per body part"
-        )
-    if history_path is not None and os.path.exists(history_path):
-        report.add_image(
-            reports.plot_learning_curves(reports.read_history(history_path)), "Learning curves"
-        )
-    report.add_heading("Class activation maps (last dense block through GAP) on sample studies")
-    overlays = _cam_overlays(records, studies, probs, cams)
-    if overlays:
-        report.add_images_grid(overlays)
     report.write(output_path(out_dir, "report.html"))
     if verbose:
         print(
@@ -540,6 +588,7 @@ def evaluate(model, data_dir, out_dir, *, ensemble=None, split="test", batch_siz
         history_path=Path(model_path).with_name("history.csv"),
         verbose=verbose,
         batch_size=batch_size,
+        data_path=data_dir,
     )
 
 
@@ -600,30 +649,21 @@ def _overlay_name(path, used, names):
     return name
 
 
-def cam_overlay_png(image01, cam, caption, height_px=320):
-    """PNG bytes of the CAM (resized to the image) over the radiograph, with a caption.
+def cam_overlay_png(image01, cam, caption):
+    """PNG bytes of the CAM (resized to the image) over the radiograph, a caption and a colour bar.
 
     Args:
         image01: the radiograph `(H, W)` in [0, 1] at its own resolution (the model reads it
             stretched to its input, so the map is stretched back the same way).
         cam: the class activation map on the feature grid `(h, w)`.
-        caption: text drawn in the top-left corner (a file name and probability, no patient data).
-        height_px: height of the image written.
+        caption: the title (a file name and probability, no patient data).
 
     Returns:
         PNG bytes.
     """
-    rgb = reports.overlay_map(image01, cam)
-    width = max(1, int(round(rgb.shape[1] * height_px / rgb.shape[0])))
-    rgb = cv2.resize(rgb, (width, height_px), interpolation=cv2.INTER_AREA)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5
-    (text_w, text_h), baseline = cv2.getTextSize(caption, font, scale, 1)
-    cv2.rectangle(rgb, (0, 0), (text_w + 10, text_h + baseline + 8), (0, 0, 0), thickness=-1)
-    cv2.putText(rgb, caption, (5, text_h + 5), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("could not encode a CAM overlay")
-    return encoded.tobytes()
+    return reports.overlay_png(
+        image01, cam, title=caption, colorbar_label="CAM (scaled to its range)", height_px=320
+    )
 
 
 def predict(

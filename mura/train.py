@@ -248,4 +248,5 @@ def train(
         out_dir=out_dir,
         history_path=os.path.join(os.fspath(out_dir), "history.csv"),
         verbose=verbose,
+        data_path=data_dir,
     )

@@ -225,25 +225,48 @@ def _hotspot_examples(model, records, volumes, probabilities, targets, config, c
             augment=hotspot_augmentation(config),
         )[task]
         picture = hotspot_overlay(volumes[index], heat, slices=(1, 4, 7))
+        predicted = int(np.argmax(probabilities[task][index]))
+        names = class_names(task, probabilities[task].shape[1])
         record = records.iloc[index]
         level = record.get("level") if isinstance(record.get("level"), str) else ""
         caption = (
-            f"{_TASK_TITLES.get(task, task)}: {_display_name(record)} {level} (graded abnormal, "
-            f"p(abnormal) = {probabilities[task][index, 1]:.2f}); slices 2, 5, 8, hotspots below"
+            f"{_TASK_TITLES.get(task, task)}: {_display_name(record)} {level} (graded abnormal; "
+            f"predicted {names[predicted]}, p(abnormal) = {probabilities[task][index, 1]:.2f}); "
+            "slices 2, 5, 8, evidence for 'abnormal' below"
         )
-        items.append((_png(picture), caption))
+        items.append((_hotspot_png(picture), caption))
         if len(items) >= count:
             break
     return items
 
 
-def _png(rgb):
-    import cv2
+def _hotspot_png(picture, title=None, height_px=None):
+    """PNG of a hotspot picture with the colour bar of its red blend (common overlay encoder)."""
+    from matplotlib.colors import LinearSegmentedColormap
 
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("could not encode a PNG")
-    return encoded.tobytes()
+    # hotspot_overlay paints gray * (1 - 0.7 h) + 0.7 h red: on a mid-gray film, gray to red
+    hotspot_colours = LinearSegmentedColormap.from_list(
+        "hotspot", [(0.5, 0.5, 0.5), (0.5 * 0.3 + 0.7, 0.15, 0.15)]
+    )
+    return reports.image_png(
+        picture,
+        title,
+        cmap=hotspot_colours,
+        colorbar_label="evidence (scaled to the 99.5th percentile)",
+        width_in=min(9.0, 1.5 + 0.012 * np.asarray(picture).shape[1]),
+        height_px=height_px,
+    )
+
+
+def _hotspot_row_title(task, probabilities, explained):
+    """A hotspot row's label: the prediction as `predictions.csv` has it (arg max) and its
+    probability, then the class whose evidence the row shows."""
+    names = class_names(task, len(probabilities))
+    predicted = int(np.argmax(probabilities))
+    text = f"{_TASK_TITLES.get(task, task)}: {names[predicted]} (p {probabilities[predicted]:.2f})"
+    if explained != predicted:
+        text += f"; map: evidence for {names[explained]}"
+    return text
 
 
 def _prediction_frame(records, probabilities, targets=None):
@@ -275,18 +298,45 @@ def _prediction_frame(records, probabilities, targets=None):
     return frame
 
 
-def _with_ci(value, interval):
-    """A table cell: `(value, (low, high))` when the interval is known, else the value."""
-    if value is None or not interval or None in interval:
-        return value
-    return (value, tuple(interval))
+def build_report(
+    metrics,
+    targets,
+    probabilities,
+    config,
+    history_path=None,
+    hotspots=(),
+    tta=True,
+    data_path=None,
+):
+    """The evaluation report of a SpineNet model from its numbers (what `evaluate_model` writes).
 
+    Args:
+        metrics: `spinenet_metrics`' dict with `discs` and `patients`.
+        targets: dict task -> `(N,)` true classes (-1: unlabelled).
+        probabilities: dict task -> `(N, C)` class probabilities.
+        config: the model's configuration (`branch_point`).
+        history_path: the run's `history.csv`, if any.
+        hotspots: `(png, caption)` evidence-hotspot pictures.
+        tta: whether predictions average the test-time views.
+        data_path: the data set's path, shown in the header.
 
-def _report(metrics, records, targets, probabilities, config, history_path, hotspots, tta):
+    Returns:
+        The `common.reports.HTMLReport`.
+    """
     branch = str(config.get("branch_point", "conv5"))
-    report = reports.HTMLReport("SpineNet: lumbar disc grading, evaluation")
+    report = reports.HTMLReport("SpineNet: lumbar disc grading, evaluation", data_path=data_path)
+
+    def _with_ci(value, interval):  # the bootstrap resamples patients: one patient, no interval
+        cases = metrics.get("patients")
+        return reports.value_with_ci(value, interval, cases=cases, unit="patient")
+
+    patients = (
+        reports.count_noun(metrics["patients"], "patient")
+        if metrics.get("patients") is not None
+        else "unknown patients"
+    )
     report.add_paragraph(
-        f"{metrics['discs']} discs of {metrics['patients']} patients; predictions are the "
+        f"{reports.count_noun(metrics['discs'], 'disc')} of {patients}; predictions are the "
         + ("average of the 54 test-time views of §4" if tta else "centre view only (TTA off)")
         + "; 95% intervals by bootstrap over patients. Average per-class accuracy per task "
         "(the measure of Table 2), labelled discs only."
@@ -315,7 +365,11 @@ def _report(metrics, records, targets, probabilities, config, history_path, hots
     report.add_heading("Table 2 layout: average per-class accuracy")
     report.add_table(rows, caption=PAPER_NOTE.format(branch=branch))
     report.add_metrics(
-        {"mean_per_class_accuracy": metrics["mean_per_class_accuracy"]},
+        {
+            "mean_per_class_accuracy": _with_ci(
+                metrics["mean_per_class_accuracy"], metrics["ci"].get("mean_per_class_accuracy")
+            )
+        },
         ci={"mean_per_class_accuracy": metrics["ci"].get("mean_per_class_accuracy")},
         reference={
             "mean_per_class_accuracy": float(
@@ -378,18 +432,18 @@ def _report(metrics, records, targets, probabilities, config, history_path, hots
             }
         )
     report.add_table(distribution)
-    report.add_heading("Confusion matrices (rows: true class)")
-    report.add_images_grid(
-        [
-            (
-                reports.plot_confusion_matrix(
-                    np.asarray(matrix), class_names(task, len(matrix)), normalize=True
-                ),
-                _TASK_TITLES.get(task, task),
-            )
-            for task, matrix in metrics["confusion_matrices"].items()
-        ]
-    )
+    report.add_heading("Per task: confusion matrix, ROC per class, reliability (labelled discs)")
+    for task, probs in probabilities.items():
+        y = np.asarray(targets[task]).astype(int)
+        labelled = y >= 0
+        title = _TASK_TITLES.get(task, task)
+        report.add_heading(title, level=3)
+        if not labelled.any():
+            report.add_paragraph("n/a (no labelled disc)")
+            continue
+        report.add_classification(
+            y[labelled], probs[labelled], class_names(task, probs.shape[1]), what=title
+        )
     if history_path and os.path.exists(history_path):
         report.add_heading("Training")
         history = reports.read_history(history_path)
@@ -426,6 +480,7 @@ def evaluate_model(
     n_boot=1000,
     batch_size=None,
     verbose=1,
+    data_path=None,
 ):
     """Evaluates `model` on `records` (one split) and writes `metrics.json`, `predictions.csv` and
     `report.html` in `out_dir`.
@@ -440,6 +495,7 @@ def evaluate_model(
         seed: bootstrap seed.
         n_boot: bootstrap resamples.
         verbose: 0 quiet, 1 progress and a summary line.
+        data_path: the data set's path, named in the report's header.
 
     Returns:
         The metrics dict: CONTRACT.md's `per_class_accuracy` ({task: value}) and
@@ -470,8 +526,15 @@ def evaluate_model(
     metrics["patients"] = int(records["group"].nunique()) if "group" in records else None
     metrics["tta"] = bool(use_tta)
     hotspots = _hotspot_examples(model, records, volumes, probabilities, targets, config)
-    report = _report(
-        metrics, records, targets, probabilities, config, history_path, hotspots, use_tta
+    report = build_report(
+        metrics,
+        targets,
+        probabilities,
+        config,
+        history_path=history_path,
+        hotspots=hotspots,
+        tta=use_tta,
+        data_path=data_path,
     )
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
     reports.write_csv(
@@ -531,6 +594,7 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         verbose=verbose,
+        data_path=data_dir,
     )
 
 
@@ -794,13 +858,12 @@ def predict(
                 augment=augment,
             )
             titles = {
-                t: f"{_TASK_TITLES.get(t, t)}: {class_names(t, probabilities[t].shape[1])[c]}"
-                f" (p {probabilities[t][index, c]:.2f})"
-                for t, c in classes.items()
+                t: _hotspot_row_title(t, probabilities[t][index], c) for t, c in classes.items()
             }
             name = _overlay_name(records.iloc[index].to_dict(), taken)
             picture = hotspot_figure(volumes[index], maps, titles=titles)
-            reports.save_png(output_path(out_dir, name), _png(picture))
+            png = _hotspot_png(picture, height_px=picture.shape[0])
+            reports.save_png(output_path(out_dir, name), png)
             names.append(name)
         frame["overlay"] = names
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)

@@ -245,4 +245,5 @@ def train(
         history_path=os.path.join(out_dir, "history.csv"),
         seed=seed,
         verbose=verbose,
+        data_path=data_dir,
     )

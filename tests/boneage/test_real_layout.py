@@ -1,9 +1,7 @@
 """The RSNA 2017 official test set, as published: `Bone Age Test Set/Bone age ground truth.xlsx`
 (`Case ID`, `Sex` M/F, `Ground truth bone age (months)`, fractional) with `Test Set Images/<id>.png`.
-The workbook is written here by hand, part by part, as Excel saves it (shared strings, numeric
-cells, cell references), not through any writer of the package."""
-
-import zipfile
+The workbook is written here with openpyxl (shared strings, numeric cells), not through any
+writer of the package; the package reads it with `pandas.read_excel`."""
 
 import cv2
 import numpy as np
@@ -12,9 +10,6 @@ import pytest
 from boneage import data
 from common.errors import DataError
 
-MAIN_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
-REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-PKG_REL_NS = "http://schemas.openxmlformats.org/package/2006/relationships"
 HEADER = ["Case ID", "Sex", "Ground truth bone age (months)"]
 
 
@@ -29,51 +24,18 @@ def _col(index):
 
 
 def write_xlsx(path, rows):
-    """An .xlsx as Excel writes it: text in sharedStrings.xml (`t="s"`), numbers inline, every
-    cell with its reference; `rows` are lists of str (shared string) or float/int (number)."""
-    strings = []
-    sheet_rows = []
+    """An .xlsx written by openpyxl (text as shared strings, numbers as numbers, empty cells
+    omitted, as Excel writes them); `rows` are lists of str, float/int or None (empty)."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
     for r, row in enumerate(rows, start=1):
-        cells = []
-        for c, value in enumerate(row):
-            ref = f"{_col(c)}{r}"
-            if value is None:
-                continue  # Excel omits empty cells
-            if isinstance(value, str):
-                if value not in strings:
-                    strings.append(value)
-                cells.append(f'<c r="{ref}" t="s"><v>{strings.index(value)}</v></c>')
-            else:
-                cells.append(f'<c r="{ref}"><v>{value!r}</v></c>')
-        sheet_rows.append(f'<row r="{r}" spans="1:{len(row)}">{"".join(cells)}</row>')
-    sheet = (
-        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\r\n'
-        f'<worksheet xmlns="{MAIN_NS}" xmlns:r="{REL_NS}"><dimension ref="A1:C{len(rows)}"/>'
-        f"<sheetData>{''.join(sheet_rows)}</sheetData></worksheet>"
-    )
-    shared = (
-        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\r\n'
-        f'<sst xmlns="{MAIN_NS}" count="{len(strings)}" uniqueCount="{len(strings)}">'
-        + "".join(f"<si><t>{s}</t></si>" for s in strings)
-        + "</sst>"
-    )
-    workbook = (
-        f'<workbook xmlns="{MAIN_NS}" xmlns:r="{REL_NS}"><sheets>'
-        '<sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>'
-    )
-    rels = (
-        f'<Relationships xmlns="{PKG_REL_NS}">'
-        '<Relationship Id="rId3" Type="sharedStrings" Target="sharedStrings.xml"/>'
-        '<Relationship Id="rId1" Type="worksheet" Target="worksheets/sheet1.xml"/>'
-        "</Relationships>"
-    )
+        for c, value in enumerate(row, start=1):
+            if value is not None:
+                sheet.cell(row=r, column=c, value=value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", "<Types/>")
-        z.writestr("xl/workbook.xml", workbook)
-        z.writestr("xl/_rels/workbook.xml.rels", rels)
-        z.writestr("xl/worksheets/sheet1.xml", sheet)
-        z.writestr("xl/sharedStrings.xml", shared)
+    workbook.save(path)
     return path
 
 

@@ -133,8 +133,9 @@ def test_read_history_errors(tmp_path, content, match):
     "value, text",
     [
         (0.63, "0.63"),
-        (0.631249, "0.6312"),
-        (123.456, "123.5"),
+        (0.631249, "0.631"),
+        (123.456, "123"),
+        (26.06, "26.1"),
         (12345.6, "12346"),
         (0.0001234, "1.23e-04"),
         (0.0, "0"),
@@ -145,8 +146,14 @@ def test_read_history_errors(tmp_path, content, match):
         (None, "–"),
         (float("nan"), "–"),
         ("kl<2", "kl<2"),
-        (reports.ValueCI(0.63, 0.58, 0.68), "0.63 [0.58, 0.68]"),
-        ((0.6312, (0.581, 0.6789)), "0.6312 [0.581, 0.6789]"),
+        (reports.ValueCI(0.63, 0.58, 0.68), "0.630 [0.580, 0.680]"),
+        ((0.6312, (0.581, 0.6789)), "0.631 [0.581, 0.679]"),
+        # one precision for a value and its interval (issue 18: "26.06 [8.254, 48.33]")
+        (reports.ValueCI(26.06, 8.254, 48.33), "26.1 [8.3, 48.3]"),
+        (reports.value_with_ci(5.0, (5.0, 5.0), cases=1), "5 [n/a (1 case)]"),
+        (reports.value_with_ci(0.0, (0.0, 0.0), classes=1), "n/a (1 class)"),
+        (reports.value_with_ci(0.7, None), "0.7 [n/a (no interval)]"),
+        (reports.value_with_ci(float("nan"), (0.1, 0.2)), "–"),
     ],
 )
 def test_format_value(value, text):
@@ -351,20 +358,22 @@ def test_html_report_embeds_images(tmp_path):
 
 def test_html_metrics_table():
     text = _report().to_html()
-    assert "0.6312 [0.5812, 0.6789]" in text
+    assert "0.631 [0.581, 0.679]" in text
     assert "0.647" in text and "Table 3, OAI/MOST test set" in text
-    assert "per_branch_accuracy / att0" in text and "0.61 [0.55, 0.66]" in text
+    assert "per_branch_accuracy / att0" in text and "0.610 [0.550, 0.660]" in text
     # A paper figure we did not measure still appears, with an empty value beside it.
     row = re.search(r"<tr><td>kappa_quadratic</td><td>(.*?)</td><td[^>]*>(.*?)</td></tr>", text)
     assert row is not None and row.group(1) == "–" and row.group(2) == "0.83"
-    # Numbers are formatted to at most 4 significant digits, table columns are the union.
-    assert "0.1235" in text and "0.123456" not in text
+    # Numbers are formatted to 3 significant figures, table columns are the union.
+    assert "0.123" in text and "0.1235" not in text
     assert "<th>extra</th>" in text
 
 
 def test_html_metrics_without_reference_or_ci():
     text = reports.HTMLReport("t").add_metrics({"mae_months": 7.891234}).to_html()
-    assert "7.891" in text and "paper" not in text.lower().split("</style>")[1]
+    assert (
+        "7.89" in text and "7.891" not in text and "paper" not in text.lower().split("</style>")[1]
+    )
     with pytest.raises(ValueError):
         reports.HTMLReport("t").add_metrics({"a": 1.0}, ci={"a": (0.1, 0.2, 0.3)})
 
@@ -384,3 +393,122 @@ def test_add_metrics_reference_column_label():
     assert "MURA paper: MURA test set" in text
     default = reports.HTMLReport("t").add_metrics({"k": 1.0}, reference={"k": 2.0}).to_html()
     assert "<th>paper</th>" in default and "Paper: figure as published" in default
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+def test_ece_against_a_hand_computation():
+    # 4 bins; cases: bin 0 holds p=.1,.2 (truth 0,1), bin 2 holds p=.6 (truth 1),
+    # bin 3 holds p=.8,.9,.95 (truth 1,1,0). ECE = sum_b n_b/N |frac_b - mean_p_b|.
+    y = [0, 1, 1, 1, 1, 0]
+    p = [0.1, 0.2, 0.6, 0.8, 0.9, 0.95]
+    by_hand = (2 * abs(0.5 - 0.15) + 1 * abs(1.0 - 0.6) + 3 * abs(2 / 3 - 2.65 / 3)) / 6
+    assert reports.expected_calibration_error(y, p, n_bins=4) == pytest.approx(by_hand)
+    # perfectly calibrated control: every bin's fraction equals its mean probability
+    assert reports.expected_calibration_error([0, 1], [0.0, 1.0], n_bins=4) == 0.0
+
+
+def test_bland_altman_limits_against_a_hand_computation():
+    truth = [10.0, 20.0, 30.0, 40.0]
+    pred = [12.0, 19.0, 33.0, 42.0]  # differences 2, -1, 3, 2: mean 1.5
+    sd = math.sqrt(((0.5) ** 2 + (2.5) ** 2 + (1.5) ** 2 + (0.5) ** 2) / 3)
+    stats = reports.bland_altman_stats(truth, pred)
+    assert stats["mean_difference"] == pytest.approx(1.5)
+    assert stats["sd_difference"] == pytest.approx(sd)
+    assert stats["lower_limit"] == pytest.approx(1.5 - 1.96 * sd)
+    assert stats["upper_limit"] == pytest.approx(1.5 + 1.96 * sd)
+
+
+def test_interval_calibration_gaussian_errors_cover_their_level():
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0, 200, 4000)
+    gaussian = reports.interval_calibration_table(truth, truth + rng.normal(1, 5, truth.size))
+    assert np.allclose(gaussian["observed"], gaussian["nominal"], atol=0.03)
+    # control: heavy-tailed errors (Cauchy) make the Gaussian intervals miss the nominal levels
+    heavy = reports.interval_calibration_table(truth, truth + rng.standard_cauchy(truth.size))
+    assert np.abs(heavy["observed"] - heavy["nominal"]).max() > 0.1
+
+
+def test_roc_curves_per_group_skip_single_class_groups():
+    y = np.array([0, 1, 0, 1, 1, 1])
+    p = np.array([0.2, 0.8, 0.3, 0.6, 0.9, 0.4])
+    curves = reports.roc_curves(y, p, groups=["elbow"] * 4 + ["wrist"] * 2)
+    assert set(curves) == {"overall", "elbow"}  # the wrist has one class: no curve
+    assert curves["elbow"][2] == pytest.approx(1.0)
+    multi = reports.roc_curves([0, 1, 2, 2], np.eye(3)[[0, 1, 2, 2]], class_names="abc")
+    assert set(multi) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize(
+    "key, label",
+    [
+        ("val_mean_per_class_accuracy", "mean per class accuracy"),
+        ("val_mae", "MAE"),
+        ("kl_rmse", "KL RMSE"),
+        ("RSNA 2017 (paper 003, Table 1)", "RSNA 2017 Table 1)"),
+    ],
+)
+def test_readable_label(key, label):
+    assert reports.readable_label(key) == label
+
+
+def test_learning_curves_after_one_epoch_show_epoch_one():
+    from matplotlib.figure import Figure
+
+    from common.reports import plots
+
+    axis = Figure().subplots()
+    plots._epoch_axis(axis, np.array([1.0]))
+    assert axis.get_xlim() == (0.5, 1.5) and list(axis.get_xticks()) == [1.0]
+    png = reports.plot_learning_curves(pd.DataFrame({"epoch": [0], "loss": [1.0], "val_loss": [2]}))
+    assert _decode_png(png).std() > 5
+
+
+def test_overlay_png_has_a_colour_bar():
+    image = np.full((64, 64), 0.5)
+    heat = np.outer(np.linspace(0, 1, 8), np.ones(8))
+    with_bar = _decode_png(reports.overlay_png(image, heat))
+    plain = _decode_png(reports.image_png(reports.overlay_map(image, heat)))
+    assert with_bar.shape[1] > plain.shape[1]  # the colour bar takes room on the right
+    # the bar's column holds the jet colours: blue at the bottom, red at the top
+    strip = with_bar[:, int(plain.shape[1] * 1.02) : int(plain.shape[1] * 1.1)].reshape(-1, 3)
+    assert (strip[:, 0] > 200).any() and (strip[:, 2] > 200).any()
+
+
+def test_weight_by_value_keeps_the_film_visible_where_the_map_is_low():
+    film = np.full((10, 10), 0.5)
+    heat = np.zeros((10, 10))
+    heat[0, 0] = 1.0
+    blended = reports.overlay_map(film, heat, alpha=0.6, weight_by_value=True)
+    assert np.all(blended[5, 5] == 128)  # zero attention: the gray film, untouched
+    opaque = reports.overlay_map(film, heat, alpha=0.6)
+    assert not np.all(opaque[5, 5] == 128)  # control: a flat blend tints it
+
+
+def test_report_header_names_data_software_and_research_use():
+    text = reports.HTMLReport("t", data_path="/data/mura").to_html()
+    assert "/data/mura" in text
+    assert reports.software_version() in text and "msk-radiology-suite" in text
+    assert "Research use only; not a medical device" in text
+
+
+def test_add_classification_and_regression_figures():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40)
+    probs = rng.dirichlet([1, 1, 1], 40)
+    report = reports.HTMLReport("t").add_classification(y, probs, ["a", "b", "c"], what="grade")
+    report.add_regression(rng.uniform(0, 9, 20), rng.uniform(0, 9, 20), what="score", unit="pt")
+    text = report.to_html()
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 6
+    assert "Confusion matrix, grade" in text and "ROC curves per class" in text
+    assert "Bland–Altman, score" in text and "Calibration of the prediction intervals" in text
+
+
+def test_metrics_caption_reads_as_sentences():
+    text = (
+        reports.HTMLReport("t")
+        .add_metrics({"a": 0.5}, ci={"a": (0.4, 0.6)}, reference={"a": 0.6}, reference_note="X.")
+        .to_html()
+    )
+    assert "Paper: X. Brackets: 95% bootstrap interval." in text and ".." not in text

@@ -408,7 +408,9 @@ def test_cli_predict_series_and_volumes_with_explain(trained, new_discs, tmp_pat
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     for name in frame["overlay"]:
         picture = cv2.imread(str(out / name))
-        assert picture is not None and picture.shape == ((1 + 6) * 112, 3 * 224, 3), name
+        # the slices and six task rows at full size, and a colour bar on the right (issue 18)
+        assert picture is not None and picture.shape[0] == (1 + 6) * 112, name
+        assert picture.shape[1] > 3 * 224, name
     assert frame["overlay"].iloc[0] == "2_t2_ivd1_hotspots.png"
 
 
