@@ -128,3 +128,190 @@ def save_all(model, run_dir, *, stem="model"):
         "h5": save_model(model, os.path.join(run_dir, f"{stem}.h5")),
         "keras": save_model(model, os.path.join(run_dir, f"{stem}.keras")),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Serving models: the trained network behind its preprocessing, in every export format
+
+EXPORT_FORMATS = ("saved_model", "keras", "h5", "onnx")
+SERVING_DTYPES = {"serve": "float32", "serve_uint8": "uint8", "serve_uint16": "uint16"}
+
+
+def serving_module(package):
+    """`PKG.serving` of a package module (its preprocessing layers, task and input spec)."""
+    import importlib
+
+    return importlib.import_module(f"{package.__name__}.serving")
+
+
+def is_serving_model(model):
+    """Whether `model` already takes raw films (a `common.serving_layers.ServingModel`)."""
+    from common.serving_layers import ServingModel
+
+    return isinstance(model, ServingModel)
+
+
+def wrap_for_serving(package, model, model_path=None, metadata=None):
+    """The serving model of a trained network (`PKG.serving.serving_model`); served models pass through."""
+    if is_serving_model(model):
+        if metadata:
+            model.metadata.update(metadata)
+        return model
+    return serving_module(package).serving_model(model, model_path, metadata=metadata)
+
+
+def _atomic_folder(directory, write):
+    """Runs `write(tmp)` into a temporary folder beside `directory`, then renames it into place."""
+    directory = os.fspath(directory).rstrip("/")
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    tmp = f"{directory}.tmp{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    try:
+        write(tmp)
+        if os.path.exists(directory):
+            old = f"{directory}.old{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return directory
+
+
+def export_serving_saved_model(serving, directory):
+    """Writes a serving model as a SavedModel (atomic) with one signature per film dtype.
+
+    Signatures: `serve` (float32 films in [0, 1]), `serve_uint8`, `serve_uint16`; each takes the
+    film batch `image` `(B, H, W, 1)` of any size and the network's other inputs (`(B, 1)`
+    float32, e.g. boneage's `sex`), and returns the network's outputs by name.
+    """
+    import tensorflow as tf
+
+    from common.serving_layers import film_signature
+
+    extras = list(serving.extra_input_names)
+
+    def write(tmp):
+        archive = keras.export.ExportArchive()
+        archive.track(serving)
+        for endpoint, dtype in SERVING_DTYPES.items():
+            signature = film_signature(extras, getattr(tf, dtype))
+            if extras:
+
+                def fn(inputs):
+                    return serving(inputs, training=False)
+
+            else:
+
+                def fn(image):
+                    return serving(image, training=False)
+
+            archive.add_endpoint(endpoint, fn, input_signature=signature)
+        archive.write_out(tmp, verbose=False)
+
+    return _atomic_folder(directory, write)
+
+
+def export_onnx(serving, path):
+    """Writes the serving model as ONNX through Keras' exporter (tf2onnx), atomically.
+
+    The graph takes float32 films in [0, 1], `(B, H, W, 1)` of any size (and the extra inputs).
+    """
+    from common.serving_layers import film_signature
+
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"{path}: ONNX export needs tf2onnx (pip install tf2onnx onnx), which is not installed"
+        ) from None
+    try:
+        serving.export(
+            tmp,
+            format="onnx",
+            input_signature=film_signature(serving.extra_input_names),
+            verbose=False,
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def export_model(package, model_file, out_dir, fmt, *, metadata=None):
+    """`python -m PKG export`: a saved model (run's or exported) as a raw-film serving model.
+
+    Args:
+        package: the package module.
+        model_file: `.keras` or `.h5` (the run's `config.json` beside it gives the preprocessing).
+        out_dir: folder for `saved_model/`, `model.keras`, `model.h5` or `model.onnx`, and the
+            model card (`model_card.json`, `.md`).
+        fmt: one of `EXPORT_FORMATS`.
+        metadata: extra metadata for the card.
+
+    Returns:
+        The path written.
+    """
+    from common.model_card import build_card
+    from common.model_card import embed_card
+    from common.model_card import write_card_files
+
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format '{fmt}', expected one of {list(EXPORT_FORMATS)}")
+    hook = getattr(package, "export_model", None)
+    if hook is not None:  # packages whose model is a run of several (deepra)
+        return hook(model_file, out_dir, fmt)
+    network = load_model(model_file)
+    run_dir = os.path.dirname(os.path.abspath(model_file))
+    card = build_card(
+        package,
+        run_dir if os.path.isfile(os.path.join(run_dir, "config.json")) else None,
+        network.network if is_serving_model(network) else network,
+        inspect_summary=False,
+    )
+    card.update(metadata or {})
+    serving = wrap_for_serving(package, network, model_file, metadata={"model_card": card})
+    os.makedirs(out_dir, exist_ok=True)
+    write_card_files(card, out_dir)
+    if fmt == "saved_model":
+        return export_serving_saved_model(serving, os.path.join(out_dir, "saved_model"))
+    if fmt == "onnx":
+        return export_onnx(serving, os.path.join(out_dir, "model.onnx"))
+    path = save_model(serving, os.path.join(out_dir, f"model.{fmt}"))
+    if fmt == "keras":
+        embed_card(path, card)
+    return path
+
+
+def finish_run(package, run_dir, *, stem="model"):
+    """What every `train` writes after its model files: `RUN/saved_model/` and the model card.
+
+    The card goes to `RUN/model_card.json` + `.md` and into `RUN/<stem>.keras`; the SavedModel is
+    the serving model (raw films in). Does nothing where no `RUN/<stem>.keras` was written (the
+    non-chief workers of a multi-worker run).
+    """
+    from common.model_card import build_card
+    from common.model_card import embed_card
+    from common.model_card import write_card_files
+
+    keras_path = os.path.join(os.fspath(run_dir), f"{stem}.keras")
+    if not os.path.isfile(keras_path):
+        return None
+    hook = getattr(package, "finish_run", None)
+    if hook is not None:
+        return hook(run_dir)
+    network = load_model(keras_path)
+    card = build_card(package, run_dir, network)
+    write_card_files(card, run_dir)
+    embed_card(keras_path, card)
+    serving = wrap_for_serving(package, network, keras_path, metadata={"model_card": card})
+    export_serving_saved_model(serving, os.path.join(os.fspath(run_dir), "saved_model"))
+    return card
