@@ -23,7 +23,16 @@ import traceback
 from common.distribute import STRATEGIES
 from common.errors import DataError
 
-SUBCOMMANDS = ("synthesize", "inspect", "summary", "train", "evaluate", "predict")
+SUBCOMMANDS = (
+    "synthesize",
+    "inspect",
+    "summary",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "serve",
+)
 
 
 def positive_int(text):
@@ -92,6 +101,24 @@ def build_parser(package):
     p.add_argument("--input", required=True, nargs="+", help="files or folders")
     p.add_argument("--out-dir", required=True, help="folder for predictions.csv (and overlays)")
     p.add_argument("--explain", action="store_true", help="write one explanation overlay per input")
+
+    # Serving and export (common.export, common.serve): heavy modules are imported in dispatch.
+    p = sub.add_parser("export", help="write a model that takes raw films, in another format")
+    p.add_argument("--model", required=True, help="model file (.h5 or .keras)")
+    p.add_argument("--out-dir", required=True, help="folder for the exported model and its card")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("saved_model", "keras", "h5", "onnx"),
+        help="saved_model (DIR/saved_model/), keras, h5 or onnx (DIR/model.<format>)",
+    )
+    p = sub.add_parser("serve", help="REST service and browser viewer (FastAPI + uvicorn)")
+    p.add_argument("--model", required=True, help="run folder or model file (.keras or .h5)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--root-path", default="", help="path prefix when published behind a reverse proxy"
+    )
 
     for command, arguments in getattr(package, "CLI_ARGUMENTS", {}).items():
         target = sub.choices[command]
@@ -207,7 +234,9 @@ def dispatch(package, args):
             **extras,
         )
         from common.distribute import wait_for_all_workers
+        from common.export import finish_run  # RUN/saved_model/ and the model card (chief)
 
+        finish_run(package, args.out_dir)
         wait_for_all_workers(strategy)  # the workers leave together, after the chief's files
     elif command == "evaluate":
         package.evaluate(model=args.model, data_dir=args.data_dir, out_dir=args.out_dir, **extras)
@@ -219,6 +248,14 @@ def dispatch(package, args):
             explain=args.explain,
             **extras,
         )
+    elif command == "export":
+        from common.export import export_model
+
+        print(f"Exported to {export_model(package, args.model, args.out_dir, args.format)}")
+    elif command == "serve":
+        from common.serve import serve
+
+        return serve(package, args.model, host=args.host, port=args.port, root_path=args.root_path)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Preprocessing as Keras layers, and the serving model that puts them in front of a trained network.
 
 A served or exported model takes the raw decoded film: grayscale, any size, `uint8`, `uint16` or
-float (float films are taken as already in [0, 1], as `common.image_io.read_image` returns them).
+float (float films are taken as they are: in [0, 1], as `common.image_io.read_image` returns them).
 `ServingModel` scales it to [0, 1] by its dtype, then runs the package's own preprocessing layers
 (resize, equalisation, channels: each package lists them in `PKG/serving.py`) and the trained
 network unchanged. The training graph is not touched: the export wraps it.
@@ -41,7 +41,7 @@ def to_unit_range(image):
     elif dtype.is_integer:
         image = tf.cast(image, tf.float32) / float(dtype.max)
     else:
-        image = tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0)
+        image = tf.cast(image, tf.float32)
     if image.shape.rank == 3:
         image = image[..., None]
     return image
@@ -137,16 +137,18 @@ class ServingModel(keras.Model):
         network: the trained Keras model (unchanged).
         preprocessing: layers applied in order to the [0, 1] film batch.
         metadata: JSON-able dict carried in the model's config (the model card).
+        film_channels: channels of the raw input (1 for a film; the slices of a volume).
     """
 
-    def __init__(self, network, preprocessing=(), metadata=None, **kwargs):
+    def __init__(self, network, preprocessing=(), metadata=None, film_channels=1, **kwargs):
         super().__init__(**kwargs)
         self.network = network
+        self.film_channels = int(film_channels)
         self.preprocessing = list(preprocessing)
         self.metadata = dict(metadata or {})
-        self.extra_input_names = [
-            t.name.split(":")[0] for t in network.inputs if t.name.split(":")[0] != "image"
-        ]
+        names = [t.name.split(":")[0] for t in network.inputs]
+        self.image_input_name = "image" if "image" in names else names[0]
+        self.extra_input_names = [n for n in names if n != self.image_input_name]
         self.network_takes_dict = len(network.inputs) > 1
         self.built = True  # the network is built; the preprocessing layers have no weights
 
@@ -168,7 +170,7 @@ class ServingModel(keras.Model):
             raise ValueError(f"the model needs the inputs {missing} besides the image")
         x = self.preprocess(image)
         if self.network_takes_dict:
-            return self.network({"image": x, **extras}, training=training)
+            return self.network({self.image_input_name: x, **extras}, training=training)
         return self.network(x, training=training)
 
     def get_config(self):
@@ -177,6 +179,7 @@ class ServingModel(keras.Model):
             "network": keras.saving.serialize_keras_object(self.network),
             "preprocessing": [keras.saving.serialize_keras_object(p) for p in self.preprocessing],
             "metadata": self.metadata,
+            "film_channels": self.film_channels,
         }
 
     @classmethod
@@ -192,17 +195,18 @@ class ServingModel(keras.Model):
         return cls(network, preprocessing, **config)
 
 
-def film_signature(extra_inputs=(), dtype=tf.float32):
+def film_signature(extra_inputs=(), dtype=tf.float32, channels=1):
     """The `tf.TensorSpec` input of a serving function: a film batch of any size, plus extras.
 
     Args:
         extra_inputs: names of `(B, 1)` float32 inputs besides the image.
         dtype: the film's dtype.
+        channels: channels of the raw input (slices of a volume).
 
     Returns:
         A one-element list: a dict of specs when there are extras, else the image spec.
     """
-    image = tf.TensorSpec([None, None, None, 1], dtype, name="image")
+    image = tf.TensorSpec([None, None, None, int(channels)], dtype, name="image")
     if not extra_inputs:
         return [image]
     specs = {"image": image}
