@@ -50,11 +50,20 @@ def score(outputs, metadata):
 def describe(outputs, metadata, extras=None):
     """One film's answer: bone age in months (and in years)."""
     months = float(np.asarray(outputs["age_months"]).reshape(-1)[0])
-    return {
+    mae = ((metadata.get("headline") or {}).get("mae_months") or {}).get("value")
+    answer = {
         "prediction": {"bone_age_months": round(months, 3)},
         "label": f"{months:.1f} months ({months / 12:.1f} years)",
         "interval": None,
     }
+    if mae is not None:  # the run's test MAE either side (a typical error, not a guarantee)
+        answer["interval"] = {
+            "low": round(months - mae, 3),
+            "high": round(months + mae, 3),
+            "kind": "prediction +- the run's test MAE",
+        }
+        answer["label"] += f", +-{mae:.1f} (test MAE)"
+    return answer
 
 
 def summarise(results):

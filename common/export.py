@@ -182,10 +182,10 @@ def _atomic_folder(directory, write):
     return directory
 
 
-def export_serving_saved_model(serving, directory):
+def export_serving_saved_model(serving, directory, endpoints=tuple(SERVING_DTYPES)):
     """Writes a serving model as a SavedModel (atomic) with one signature per film dtype.
 
-    Signatures: `serve` (float32 films in [0, 1]), `serve_uint8`, `serve_uint16`; each takes the
+    Signatures (`endpoints`): `serve` (float32 films in [0, 1]), `serve_uint8`, `serve_uint16`; each takes the
     film batch `image` `(B, H, W, 1)` of any size and the network's other inputs (`(B, 1)`
     float32, e.g. boneage's `sex`), and returns the network's outputs by name.
     """
@@ -198,7 +198,8 @@ def export_serving_saved_model(serving, directory):
     def write(tmp):
         archive = keras.export.ExportArchive()
         archive.track(serving)
-        for endpoint, dtype in SERVING_DTYPES.items():
+        for endpoint in endpoints:
+            dtype = SERVING_DTYPES[endpoint]
             signature = film_signature(extras, getattr(tf, dtype), serving.film_channels)
             if extras:
 
@@ -282,6 +283,8 @@ def export_model(package, model_file, out_dir, fmt, *, metadata=None):
     if hook is not None:  # packages whose model is a run of several (deepra)
         return hook(model_file, out_dir, fmt)
     network = load_model(model_file)
+    if getattr(serving_module(package), "is_detector", lambda m: False)(network):
+        return _export_as_is(network, out_dir, fmt)
     run_dir = os.path.dirname(os.path.abspath(model_file))
     card = build_card(
         package,
@@ -303,6 +306,30 @@ def export_model(package, model_file, out_dir, fmt, *, metadata=None):
     if fmt == "keras":
         embed_card(path, card)
     return path
+
+
+def _export_as_is(network, out_dir, fmt):
+    """Exports a model that takes its own input (deepra's keras-hub detectors) without a wrapper."""
+    os.makedirs(out_dir, exist_ok=True)
+    if fmt == "saved_model":
+        return export_saved_model(network, os.path.join(out_dir, "saved_model"))
+    if fmt == "onnx":
+        try:
+            return export_onnx(_Unwrapped(network), os.path.join(out_dir, "model.onnx"))
+        except Exception as exc:  # noqa: BLE001  (tf2onnx raises many types)
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ValueError(
+                f"{out_dir}: this detector cannot be exported to ONNX ({reason}); "
+                "use --format saved_model"
+            ) from None
+    return save_model(network, os.path.join(out_dir, f"model.{fmt}"))
+
+
+class _Unwrapped:
+    """`export_onnx`'s view of a bare network (it exports `.network`)."""
+
+    def __init__(self, network):
+        self.network = network
 
 
 def finish_run(package, run_dir, *, stem="model"):
@@ -327,5 +354,9 @@ def finish_run(package, run_dir, *, stem="model"):
     write_card_files(card, run_dir)
     embed_card(keras_path, card)
     serving = wrap_for_serving(package, network, keras_path, metadata={"model_card": card})
-    export_serving_saved_model(serving, os.path.join(os.fspath(run_dir), "saved_model"))
+    # `serve` only: each signature traces the network once more, and `train` runs often in tests;
+    # `export --format saved_model` adds `serve_uint8` and `serve_uint16`.
+    export_serving_saved_model(
+        serving, os.path.join(os.fspath(run_dir), "saved_model"), endpoints=("serve",)
+    )
     return card

@@ -11,8 +11,6 @@ named by its index, never by the upload's name; answers and errors name films by
 and nothing from a DICOM header but `PatientSex` (boneage) is read.
 """
 
-from __future__ import annotations
-
 import base64
 import os
 import tempfile
@@ -231,7 +229,9 @@ def decode_upload(data, index, folder, kinds=FILM_KINDS, channels=1):
         raise RequestError(413, f"{label}: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
     kind = _sniff(data)
     if kind not in kinds:
-        expected = " or ".join("a .npy volume" if k == "npy" else k.upper() for k in kinds)
+        if tuple(kinds) == FILM_KINDS:
+            raise RequestError(415, f"{label}: not an image (expected PNG, JPEG or DICOM)")
+        expected = ", ".join("a .npy volume array" if k == "npy" else k.upper() for k in kinds)
         raise RequestError(415, f"{label}: not an accepted input (expected {expected})")
     path = os.path.join(folder, f"film{index}{_SUFFIXES[kind]}")
     with open(path, "wb") as handle:
@@ -278,6 +278,7 @@ class Service:
             package, self.model_file, getattr(network, "network", None) or network
         )
         self.serving = wrap_for_serving(package, network, self.model_file)
+        self.serving.metadata.setdefault("headline", self.card.get("metrics") or {})
         self.engine = Engine(self.serving, self.module.score)
 
     def predict(self, files, extras, explain):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +38,16 @@ def _film(path, height, width, seed, bits=8):
     return path
 
 
+_BUILT = {}
+
+
+def build_all(root):
+    """`build` for every package, once per test process (both serving test modules share them)."""
+    if root not in _BUILT:
+        _BUILT[root] = {name: build(name, os.path.join(root, name)) for name in PACKAGES}
+    return _BUILT[root]
+
+
 def build(package_name, folder):
     """Builds, saves and describes one package's tiny model.
 
@@ -51,7 +63,13 @@ def build(package_name, folder):
     config = {"preset": "demo", "seed": 0}
     if package_name == "kneeoa":
         model = package.build_model("demo", image_size_hw=(48, 32), trunk_filters=(4, 4, 4, 4))
-        source = _film(os.path.join(folder, "knee.png"), 90, 70, 0)
+        # a phantom knee film (the viewer's screenshot shows it), renamed: 8-bit PNG, 224 x 224
+        data = package.write_phantom_dataset(
+            os.path.join(folder, "data"), num_subjects=2, seed=0, layout="folders"
+        )
+        films = sorted(p for p in Path(data).rglob("*.png") if "_phantom" not in str(p))
+        source = os.path.join(folder, "knee.png")
+        shutil.copyfile(films[0], source)
         config.update(image_size_hw=[48, 32], histogram_equalization=True)
     elif package_name == "mura":
         model = package.build_model(
