@@ -106,19 +106,9 @@ def export_saved_model(model, directory):
 
     The result serves with TF Serving or `tf.saved_model.load(directory).serve(inputs)`.
     """
-    directory = os.fspath(directory).rstrip("/")
-    tmp = f"{directory}.tmp{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    model.export(tmp, format="tf_saved_model", verbose=False)
-    if os.path.exists(directory):
-        old = f"{directory}.old{os.getpid()}"
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
-    return directory
+    return _atomic_folder(
+        directory, lambda tmp: model.export(tmp, format="tf_saved_model", verbose=False)
+    )
 
 
 def save_all(model, run_dir, *, stem="model"):
@@ -332,19 +322,35 @@ class _Unwrapped:
         self.network = network
 
 
+def _is_chief_process():
+    """False on the non-chief workers of a multi-worker run (by `TF_CONFIG`), else True."""
+    import json
+
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    except ValueError:
+        return True
+    kind, index = task.get("type"), int(task.get("index", 0) or 0)
+    return kind in (None, "chief") or (
+        kind == "worker"
+        and index == 0
+        and "chief" not in (json.loads(os.environ["TF_CONFIG"]).get("cluster") or {})
+    )
+
+
 def finish_run(package, run_dir, *, stem="model"):
     """What every `train` writes after its model files: `RUN/saved_model/` and the model card.
 
     The card goes to `RUN/model_card.json` + `.md` and into `RUN/<stem>.keras`; the SavedModel is
-    the serving model (raw films in). Does nothing where no `RUN/<stem>.keras` was written (the
-    non-chief workers of a multi-worker run).
+    the serving model (raw films in). Does nothing where no `RUN/<stem>.keras` was written, nor on
+    the non-chief workers of a multi-worker run (`TF_CONFIG`).
     """
     from common.model_card import build_card
     from common.model_card import embed_card
     from common.model_card import write_card_files
 
     keras_path = os.path.join(os.fspath(run_dir), f"{stem}.keras")
-    if not os.path.isfile(keras_path):
+    if not os.path.isfile(keras_path) or not _is_chief_process():
         return None
     hook = getattr(package, "finish_run", None)
     if hook is not None:

@@ -23,6 +23,7 @@ import pytest
 
 from common.cli import main
 from common.export import export_model
+from common.export import export_serving_saved_model
 from common.export import load_model
 from common.export import save_all
 from common.export import wrap_for_serving
@@ -117,7 +118,7 @@ def test_wrapped_model_on_raw_film_equals_cli_predict(tiny, tmp_path, name):
         layers = [p for p in serving.preprocessing if p.name != "equalize"]
         unequalised = ServingModel(serving.network, layers, metadata=serving.metadata)
         differs = _served(name, unequalised, raw, info["extras"])
-        assert np.abs(differs - expected).max() > 1e-3
+        assert np.abs(differs - expected).max() > 3e-4  # 3x the tolerance (seeded weights)
 
 
 def test_saved_models_in_a_process_without_the_suite(tiny, tmp_path):
@@ -126,8 +127,11 @@ def test_saved_models_in_a_process_without_the_suite(tiny, tmp_path):
     for name in PACKAGES:
         info = tiny[name]
         package = importlib.import_module(name)
-        path = export_model(package, info["model"], tmp_path / name, "saved_model")
         serving = wrap_for_serving(package, load_model(info["model"]), info["model"])
+        if name == "kneeoa":  # the CLI's export: the three signatures
+            path = export_model(package, info["model"], tmp_path / name, "saved_model")
+        else:  # the signature `train` writes (each signature traces the network once more)
+            path = export_serving_saved_model(serving, tmp_path / name / "saved_model", ("serve",))
         raw = _raw(info)
         x = (raw[None, ..., None] if raw.ndim == 2 else raw).astype(np.float32)
         if x.max() > 1:
@@ -181,32 +185,29 @@ def test_onnx_equals_keras(tiny, tmp_path):
     assert "ONNX holds the trained network alone" in card["onnx"]
 
 
-@pytest.mark.parametrize("fmt", ["keras", "h5"])
-def test_export_cli_keras_and_h5_reload_and_carry_the_card(tiny, tmp_path, fmt, capsys):
-    info = tiny["boneage"]
+@pytest.mark.parametrize(("fmt", "name"), [("keras", "boneage"), ("h5", "mura")])
+def test_export_cli_keras_and_h5_reload_and_carry_the_card(tiny, tmp_path, fmt, name):
+    info = tiny[name]
+    package = importlib.import_module(name)
     out = tmp_path / "exported"
-    assert (
-        main(
-            importlib.import_module("boneage"),
-            ["export", "--model", info["model"], "--out-dir", str(out), "--format", fmt],
-        )
-        == 0
-    )
+    args = ["export", "--model", info["model"], "--out-dir", str(out), "--format", fmt]
+    assert main(package, args) == 0
     reloaded = load_model(out / f"model.{fmt}")
     raw = _raw(info)
-    got = reloaded({"image": raw[None], "sex": np.ones((1, 1), np.float32)})["age_months"]
-    serving = wrap_for_serving(importlib.import_module("boneage"), load_model(info["model"]))
-    want = serving({"image": raw[None], "sex": np.ones((1, 1), np.float32)})["age_months"]
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
-    assert reloaded.metadata["model_card"]["package"] == "boneage"
+    inputs = (
+        {"image": raw[None], "sex": np.ones((1, 1), np.float32)} if info["extras"] else raw[None]
+    )
+    serving = wrap_for_serving(package, load_model(info["model"]), info["model"])
+    for key, value in serving(inputs).items():
+        np.testing.assert_allclose(np.asarray(reloaded(inputs)[key]), np.asarray(value), atol=1e-5)
+    assert reloaded.metadata["model_card"]["package"] == name
+    assert json.loads((out / "model_card.json").read_text())["package"] == name
     if fmt == "keras":
         card = read_embedded_card(out / "model.keras")
         assert card["intended_use"] == "research use only; not a medical device"
-    # an exported model exports again without being wrapped twice
-    again = export_model(
-        importlib.import_module("boneage"), out / f"model.{fmt}", tmp_path / "b", "keras"
-    )
-    assert len(load_model(again).preprocessing) == 2
+        # an exported model exports again without being wrapped twice
+        again = export_model(package, out / "model.keras", tmp_path / "b", "keras")
+        assert len(load_model(again).preprocessing) == 2
 
 
 def test_export_errors_are_one_line(tiny, tmp_path, capsys):
@@ -307,3 +308,20 @@ def test_train_writes_saved_model_and_cards(tmp_path, monkeypatch, capsys):
     load_model(run / "model.keras")  # still a valid Keras archive
     assert (run / "saved_model" / "saved_model.pb").is_file()
     assert not [p for p in os.listdir(run) if ".tmp" in p]
+
+
+def test_only_the_chief_finishes_a_multi_worker_run(monkeypatch, tmp_path):
+    from common.export import finish_run
+
+    (tmp_path / "model.keras").write_bytes(b"not read on a non-chief worker")
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    )
+    assert finish_run(importlib.import_module("kneeoa"), tmp_path) is None
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    )
+    with pytest.raises(ValueError):  # the chief reads the (here broken) model file
+        finish_run(importlib.import_module("kneeoa"), tmp_path)
