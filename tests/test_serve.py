@@ -256,6 +256,9 @@ def test_viewer_in_headless_chromium(server, tmp_path):
             "arguments[0].value = 80; arguments[0].dispatchEvent(new Event('input'))", slider
         )
         assert float(overlay.value_of_css_property("opacity")) == pytest.approx(0.8)
+        driver.execute_script(  # the screenshot shows the film through the overlay
+            "arguments[0].value = 40; arguments[0].dispatchEvent(new Event('input'))", slider
+        )
         png = driver.get_screenshot_as_png()
     finally:
         driver.quit()
