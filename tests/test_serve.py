@@ -6,7 +6,6 @@ import base64
 import importlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from common.serve import MAX_UPLOAD_BYTES
 from common.serve import create_app
+from common.testing import free_ports
 from common.testing import subprocess_env
 from tests.serving.tiny import PACKAGES
 from tests.serving.tiny import build_all
@@ -160,17 +160,11 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(tiny, caplog):
     assert _post(client, [("ok.png", good)], sex="M").status_code == 200
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny):
     """`python -m kneeoa serve` in its own process on a free local port."""
     info = tiny["kneeoa"]
-    port = _free_port()
+    port = free_ports(1)[0]
     log = open(Path(info["model"]).parent / "serve.log", "w")
     proc = subprocess.Popen(
         [
