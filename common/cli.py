@@ -29,7 +29,16 @@ from common.precision import PRECISIONS
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
 DISTRIBUTION = "msk-radiology-suite"
 
-SUBCOMMANDS = ("synthesize", "inspect", "summary", "train", "evaluate", "predict")
+SUBCOMMANDS = (
+    "synthesize",
+    "inspect",
+    "summary",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "serve",
+)
 VERIFY_DEFAULT_LIMIT = 5000
 # The splits `evaluate --split` takes: every package's train makes these three.
 SPLITS = ("test", "val", "train")
@@ -252,9 +261,25 @@ def build_parser(package):
     p.add_argument("--explain", action="store_true", help="write one explanation overlay per input")
 
     add_engine_arguments(sub)
-
-
     _add_shared_flags(sub.choices, package)
+
+    # Serving and export (common.export, common.serve): heavy modules are imported in dispatch.
+    p = sub.add_parser("export", help="write a model that takes raw films, in another format")
+    p.add_argument("--model", required=True, help="model file (.h5 or .keras)")
+    p.add_argument("--out-dir", required=True, help="folder for the exported model and its card")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("saved_model", "keras", "h5", "onnx"),
+        help="saved_model (DIR/saved_model/), keras, h5 or onnx (DIR/model.<format>)",
+    )
+    p = sub.add_parser("serve", help="REST service and browser viewer (FastAPI + uvicorn)")
+    p.add_argument("--model", required=True, help="run folder or model file (.keras or .h5)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--root-path", default="", help="path prefix when published behind a reverse proxy"
+    )
 
     for command, arguments in getattr(package, "CLI_ARGUMENTS", {}).items():
         target = sub.choices[command]
@@ -668,7 +693,9 @@ def dispatch(package, args):
             **_set_overrides(args, extras),
         )
         from common.distribute import wait_for_all_workers
+        from common.export import finish_run  # RUN/saved_model/ and the model card (chief)
 
+        finish_run(package, args.out_dir)
         wait_for_all_workers(strategy)  # the workers leave together, after the chief's files
     elif command == "evaluate":
         _check_inference(package, args, extras)
@@ -690,6 +717,14 @@ def dispatch(package, args):
             dicom_out=args.dicom_out,
             **extras,
         )
+    elif command == "export":
+        from common.export import export_model
+
+        print(f"Exported to {export_model(package, args.model, args.out_dir, args.format)}")
+    elif command == "serve":
+        from common.serve import serve
+
+        return serve(package, args.model, host=args.host, port=args.port, root_path=args.root_path)
     return 0
 
 

@@ -127,19 +127,9 @@ def export_saved_model(model, directory):
 
     The result serves with TF Serving or `tf.saved_model.load(directory).serve(inputs)`.
     """
-    directory = os.fspath(directory).rstrip("/")
-    tmp = f"{directory}.tmp{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    model.export(tmp, format="tf_saved_model", verbose=False)
-    if os.path.exists(directory):
-        old = f"{directory}.old{os.getpid()}"
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
-    return directory
+    return _atomic_folder(
+        directory, lambda tmp: model.export(tmp, format="tf_saved_model", verbose=False)
+    )
 
 
 def save_all(model, run_dir, *, stem="model"):
@@ -149,3 +139,251 @@ def save_all(model, run_dir, *, stem="model"):
         "h5": save_model(model, os.path.join(run_dir, f"{stem}.h5")),
         "keras": save_model(model, os.path.join(run_dir, f"{stem}.keras")),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Serving models: the trained network behind its preprocessing, in every export format
+
+EXPORT_FORMATS = ("saved_model", "keras", "h5", "onnx")
+SERVING_DTYPES = {"serve": "float32", "serve_uint8": "uint8", "serve_uint16": "uint16"}
+
+
+def serving_module(package):
+    """`PKG.serving` of a package module (its preprocessing layers, task and input spec)."""
+    import importlib
+
+    return importlib.import_module(f"{package.__name__}.serving")
+
+
+def is_serving_model(model):
+    """Whether `model` already takes raw films (a `common.serving_layers.ServingModel`)."""
+    from common.serving_layers import ServingModel
+
+    return isinstance(model, ServingModel)
+
+
+def wrap_for_serving(package, model, model_path=None, metadata=None):
+    """The serving model of a trained network (`PKG.serving.serving_model`); served models pass through."""
+    if is_serving_model(model):
+        if metadata:
+            model.metadata.update(metadata)
+        return model
+    return serving_module(package).serving_model(model, model_path, metadata=metadata)
+
+
+def _atomic_folder(directory, write):
+    """Runs `write(tmp)` into a temporary folder beside `directory`, then renames it into place."""
+    directory = os.fspath(directory).rstrip("/")
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    tmp = f"{directory}.tmp{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    try:
+        write(tmp)
+        if os.path.exists(directory):
+            old = f"{directory}.old{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return directory
+
+
+def export_serving_saved_model(serving, directory, endpoints=tuple(SERVING_DTYPES)):
+    """Writes a serving model as a SavedModel (atomic) with one signature per film dtype.
+
+    Signatures (`endpoints`): `serve` (float32 films in [0, 1]), `serve_uint8`, `serve_uint16`; each takes the
+    film batch `image` `(B, H, W, 1)` of any size and the network's other inputs (`(B, 1)`
+    float32, e.g. boneage's `sex`), and returns the network's outputs by name.
+    """
+    import tensorflow as tf
+
+    from common.serving_layers import film_signature
+
+    extras = list(serving.extra_input_names)
+
+    def write(tmp):
+        archive = keras.export.ExportArchive()
+        archive.track(serving)
+        for endpoint in endpoints:
+            dtype = SERVING_DTYPES[endpoint]
+            signature = film_signature(extras, getattr(tf, dtype), serving.film_channels)
+            if extras:
+
+                def fn(inputs):
+                    return serving(inputs, training=False)
+
+            else:
+
+                def fn(image):
+                    return serving(image, training=False)
+
+            archive.add_endpoint(endpoint, fn, input_signature=signature)
+        archive.write_out(tmp, verbose=False)
+
+    return _atomic_folder(directory, write)
+
+
+ONNX_NOTE = (
+    "ONNX holds the trained network alone: its input is the preprocessed film (the network's "
+    "input shape, float32), not the raw film. tf2onnx converts TensorFlow's area resize "
+    "(ResizeArea) to a different resampling (0.21 max difference measured on a test film), so "
+    "the preprocessing layers stay out of the ONNX graph; the model card lists them."
+)
+
+
+def export_onnx(serving, path):
+    """Writes the trained network of a serving model as ONNX (Keras' exporter, tf2onnx), atomically.
+
+    See `ONNX_NOTE`: the graph takes the network's preprocessed input, not the raw film.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"{path}: ONNX export needs tf2onnx (pip install tf2onnx onnx), which is not installed"
+        ) from None
+    network = serving.network
+    specs = [
+        tf.TensorSpec([None, *t.shape[1:]], t.dtype, name=t.name.split(":")[0])
+        for t in network.inputs
+    ]
+    zeros = [np.zeros([1, *s.shape[1:]], s.dtype.as_numpy_dtype) for s in specs]
+    network(zeros[0] if len(zeros) == 1 else dict(zip([s.name for s in specs], zeros)))
+    signature = [specs[0]] if len(specs) == 1 else [{s.name: s for s in specs}]
+    try:
+        network.export(tmp, format="onnx", input_signature=signature, verbose=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def export_model(package, model_file, out_dir, fmt, *, metadata=None):
+    """`python -m PKG export`: a saved model (run's or exported) as a raw-film serving model.
+
+    Args:
+        package: the package module.
+        model_file: `.keras` or `.h5` (the run's `config.json` beside it gives the preprocessing).
+        out_dir: folder for `saved_model/`, `model.keras`, `model.h5` or `model.onnx`, and the
+            model card (`model_card.json`, `.md`).
+        fmt: one of `EXPORT_FORMATS`.
+        metadata: extra metadata for the card.
+
+    Returns:
+        The path written.
+    """
+    from common.model_card import build_card
+    from common.model_card import embed_card
+    from common.model_card import write_card_files
+
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format '{fmt}', expected one of {list(EXPORT_FORMATS)}")
+    hook = getattr(package, "export_model", None)
+    if hook is not None:  # packages whose model is a run of several (deepra)
+        return hook(model_file, out_dir, fmt)
+    network = load_model(model_file)
+    if getattr(serving_module(package), "is_detector", lambda m: False)(network):
+        return _export_as_is(network, out_dir, fmt)
+    run_dir = os.path.dirname(os.path.abspath(model_file))
+    card = build_card(
+        package,
+        run_dir if os.path.isfile(os.path.join(run_dir, "config.json")) else None,
+        network.network if is_serving_model(network) else network,
+        inspect_summary=False,
+    )
+    card.update(metadata or {})
+    if fmt == "onnx":
+        card["onnx"] = ONNX_NOTE
+    serving = wrap_for_serving(package, network, model_file, metadata={"model_card": card})
+    os.makedirs(out_dir, exist_ok=True)
+    write_card_files(card, out_dir)
+    if fmt == "saved_model":
+        return export_serving_saved_model(serving, os.path.join(out_dir, "saved_model"))
+    if fmt == "onnx":
+        return export_onnx(serving, os.path.join(out_dir, "model.onnx"))
+    path = save_model(serving, os.path.join(out_dir, f"model.{fmt}"))
+    if fmt == "keras":
+        embed_card(path, card)
+    return path
+
+
+def _export_as_is(network, out_dir, fmt):
+    """Exports a model that takes its own input (deepra's keras-hub detectors) without a wrapper."""
+    os.makedirs(out_dir, exist_ok=True)
+    if fmt == "saved_model":
+        return export_saved_model(network, os.path.join(out_dir, "saved_model"))
+    if fmt == "onnx":
+        try:
+            return export_onnx(_Unwrapped(network), os.path.join(out_dir, "model.onnx"))
+        except Exception as exc:  # noqa: BLE001  (tf2onnx raises many types)
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ValueError(
+                f"{out_dir}: this detector cannot be exported to ONNX ({reason}); "
+                "use --format saved_model"
+            ) from None
+    return save_model(network, os.path.join(out_dir, f"model.{fmt}"))
+
+
+class _Unwrapped:
+    """`export_onnx`'s view of a bare network (it exports `.network`)."""
+
+    def __init__(self, network):
+        self.network = network
+
+
+def _is_chief_process():
+    """False on the non-chief workers of a multi-worker run (by `TF_CONFIG`), else True."""
+    import json
+
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    except ValueError:
+        return True
+    kind, index = task.get("type"), int(task.get("index", 0) or 0)
+    return kind in (None, "chief") or (
+        kind == "worker"
+        and index == 0
+        and "chief" not in (json.loads(os.environ["TF_CONFIG"]).get("cluster") or {})
+    )
+
+
+def finish_run(package, run_dir, *, stem="model"):
+    """What every `train` writes after its model files: `RUN/saved_model/` and the model card.
+
+    The card goes to `RUN/model_card.json` + `.md` and into `RUN/<stem>.keras`; the SavedModel is
+    the serving model (raw films in). Does nothing where no `RUN/<stem>.keras` was written, nor on
+    the non-chief workers of a multi-worker run (`TF_CONFIG`).
+    """
+    from common.model_card import build_card
+    from common.model_card import embed_card
+    from common.model_card import write_card_files
+
+    keras_path = os.path.join(os.fspath(run_dir), f"{stem}.keras")
+    if not os.path.isfile(keras_path) or not _is_chief_process():
+        return None
+    hook = getattr(package, "finish_run", None)
+    if hook is not None:
+        return hook(run_dir)
+    network = load_model(keras_path)
+    card = build_card(package, run_dir, network)
+    write_card_files(card, run_dir)
+    embed_card(keras_path, card)
+    serving = wrap_for_serving(package, network, keras_path, metadata={"model_card": card})
+    # `serve` only: each signature traces the network once more, and `train` runs often in tests;
+    # `export --format saved_model` adds `serve_uint8` and `serve_uint16`.
+    export_serving_saved_model(
+        serving, os.path.join(os.fspath(run_dir), "saved_model"), endpoints=("serve",)
+    )
+    return card
