@@ -238,9 +238,6 @@ def _blank_identifiers(ds):
         setattr(ds, tag, "")
 
 
-
-
-
 def suite_version():
     """The installed suite's version, or "0" when it is run from a source tree."""
     try:
@@ -293,6 +290,7 @@ def write_predict_dicoms(dicom_out, items, *, package, verbose=1):
             flush=True,
         )
     return written
+
 
 __all__ = [
     "CODING_SCHEME",

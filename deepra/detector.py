@@ -48,9 +48,9 @@ import numpy as np
 import pandas as pd
 from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
 
+from common.options import look_up_option
 from deepra.presets import DETECTOR_PRESETS
 from deepra.presets import TABLE1_AP  # noqa: F401  (re-exported for deepra.evaluate)
-from common.options import look_up_option
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

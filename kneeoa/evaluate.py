@@ -125,7 +125,9 @@ def _sample_overlays(model, records, config, count=6):
             if key not in out:
                 continue
             mask = np.asarray(out[key][i])[..., 0]
-            title = f"{report_caption(row['path'])} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            title = (
+                f"{report_caption(row['path'])} {row.get('side', '')} KL{int(row['kl'])} {branch}"
+            )
             png = reports.overlay_png(image, mask, title=title, colorbar_label=MASK_LABEL)
             items.append((png, title))
     return items

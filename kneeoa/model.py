@@ -69,10 +69,10 @@ from keras import layers
 
 from common.errors import DataError
 from common.layers import AttentionBranch
+from common.options import look_up_option
 from kneeoa.presets import NUM_KL_GRADES
 from kneeoa.presets import PRESETS
 from kneeoa.presets import TABLE1_ACCURACY  # noqa: F401  (re-exported for kneeoa.evaluate)
-from common.options import look_up_option
 
 #: The paper's start (§3.5: "All models were trained from scratch"); `--weights imagenet` loads
 #: Keras' ImageNet VGG-16 / ResNet-50 into the trunk instead.

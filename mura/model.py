@@ -40,9 +40,9 @@ import keras
 from keras import layers
 from keras import ops
 
+from common.options import look_up_option
 from mura.presets import PRESETS
 from mura.presets import MURAConfig
-from common.options import look_up_option
 
 OUTPUT_NAME = "abnormal"
 CAM_FEATURE_LAYER = "relu"

@@ -53,10 +53,10 @@ import numpy as np
 from keras import layers
 from keras import ops
 
+from common.options import look_up_option
 from spinenet.presets import PAPER_TASKS  # noqa: F401  (re-exported)
 from spinenet.presets import PRESETS
 from spinenet.presets import SPIDER_TASKS  # noqa: F401  (re-exported)
-from common.options import look_up_option
 
 BRANCH_POINTS = ("none", "conv3", "conv4", "conv5", "fc6", "fc7")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
