@@ -17,6 +17,7 @@ from common.reports.html import software_version  # noqa: F401
 from common.reports.plots import encode_png  # noqa: F401
 from common.reports.plots import figure_png  # noqa: F401
 from common.reports.plots import image_png  # noqa: F401
+from common.reports.plots import localisation_panel_png  # noqa: F401
 from common.reports.plots import overlay_map  # noqa: F401
 from common.reports.plots import overlay_png  # noqa: F401
 from common.reports.plots import plot_bars  # noqa: F401

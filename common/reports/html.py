@@ -179,6 +179,61 @@ class HTMLReport:
             sentences.append("Brackets: 95% bootstrap interval")
         return self.add_table(rows, caption=_sentences(sentences) or None)
 
+    def add_localisation(self, block, panels=(), *, what="map") -> HTMLReport:
+        """Adds the `localisation` block of `metrics.json` (`common.localisation`): a table and a
+        bar chart of the model's score beside the chance level and the three content-blind
+        controls, a one-line verdict, then example panels (the model's map beside the controls').
+
+        Args:
+            block: the dict `common.localisation.localisation_block` returned.
+            panels: `(png_bytes, caption)` pairs, e.g. from `localisation_panel_png`.
+            what: the map's name in the package ("attention mask", "CAM", "evidence hotspots").
+        """
+        from common.localisation import beats_controls
+
+        names = {"model": f"model ({what})", "chance": "chance (uniform map)"}
+        names.update(
+            center_prior="control: centre prior (mean lesion mask, leave one out)",
+            untrained="control: untrained network",
+            shuffled="control: another image's map",
+        )
+        entries = {"model": block["model"], "chance": block["chance"], **block["controls"]}
+        rows = [
+            {
+                "map": names[key],
+                "score [95% CI]": stats.value_with_ci(
+                    entry["value"], (entry["ci_low"], entry["ci_high"])
+                ),
+            }
+            for key, entry in entries.items()
+        ]
+        self.add_heading(f"Localisation: does the {what} find the lesion?", level=3)
+        self.add_table(
+            rows,
+            caption=f"Share of the map's energy inside the phantom's lesion mask, per "
+            f"{block['unit']} (n = {block['n']}); brackets: 95% bootstrap interval",
+        )
+        self.add_image(
+            plots.plot_bars(
+                {
+                    names[key].split(" (")[0].replace("control: ", ""): {"score": entry["value"]}
+                    for key, entry in entries.items()
+                },
+                ylabel="energy inside the lesion",
+            ),
+            caption="The model's map against maps that cannot see the image",
+        )
+        verdict = "beats" if beats_controls(block) else "does not beat"
+        self.add_paragraph(
+            f"The model's {what} {verdict} the best content-blind control "
+            f"({names[block['best_control']].replace('control: ', '')}) by "
+            f"{format_value(block['margin'])} (one-sided paired bootstrap p = "
+            f"{format_value(block['p_value'])})."
+        )
+        if panels:
+            self.add_images_grid(panels)
+        return self
+
     def add_image(self, png_bytes, caption=None) -> HTMLReport:
         """Embeds PNG bytes as a `data:` URI, with an optional caption."""
         self._parts.append({"kind": "figure", **_figure(png_bytes, caption)})

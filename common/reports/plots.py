@@ -631,6 +631,47 @@ def overlay_png(
     )
 
 
+def localisation_panel_png(image01, maps, mask=None, title=None, height_px=None) -> bytes:
+    """One image's maps side by side: the model's and the content-blind controls' (issue 15.1).
+
+    Args:
+        image01: the image in [0, 1], `(H, W)` or `(H, W, 1)`.
+        maps: `{label: map}` in the order to draw, e.g. `{"model": cam, "untrained": cam0,
+            "centre prior": prior}`; each is min-max scaled on its own (the colour bar reads
+            relative weight).
+        mask: optional lesion mask `(H, W)`; its outline is drawn in white on every panel.
+        title: text above the row (an identifier-free caption).
+        height_px: the PNG's exact height in pixels, or None.
+
+    Returns:
+        PNG bytes.
+    """
+    image = np.asarray(image01, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    panels = []
+    outline = None
+    if mask is not None:
+        mask_u8 = (np.asarray(mask, np.float32) > 0.5).astype(np.uint8)
+        mask_u8 = cv2.resize(mask_u8, image.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        outline = cv2.morphologyEx(mask_u8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    for label, heat in maps.items():
+        rgb = overlay_map(image, heat, alpha=0.5)
+        if outline is not None:
+            rgb[outline] = 255
+        cv2.putText(rgb, str(label), (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
+        panels.append(rgb)
+        panels.append(np.full((rgb.shape[0], 2, 3), 255, np.uint8))
+    row = np.concatenate(panels[:-1], axis=1)
+    return image_png(
+        row,
+        title,
+        cmap="jet",
+        colorbar_label="relative weight (min–max of each map)",
+        height_px=height_px,
+    )
+
+
 def encode_png(rgb) -> bytes:
     """Encodes a uint8 RGB `(H, W, 3)` array as PNG bytes, as is (no title, no colour bar)."""
     picture = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))

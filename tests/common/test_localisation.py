@@ -90,3 +90,24 @@ def test_grouped_bootstrap_runs_and_keeps_n():
         masks.astype(float), masks, untrained_maps=np.ones(masks.shape), groups=groups, n_boot=50
     )
     assert block["n"] == 12 and block["p_value"] < 0.1
+
+
+def test_report_shows_the_block_and_panels(tmp_path):
+    from common import reports
+
+    masks = _masks(6)
+    block = localisation.localisation_block(
+        masks.astype(float), masks, untrained_maps=np.ones(masks.shape), n_boot=50
+    )
+    panel = reports.localisation_panel_png(
+        np.zeros((32, 32)), {"model": masks[0], "untrained": np.ones((8, 8))}, mask=masks[0]
+    )
+    assert panel.startswith(reports.PNG_SIGNATURE)
+    report = reports.HTMLReport("t")
+    report.add_localisation(block, [(panel, "one image")], what="CAM")
+    path = report.write(tmp_path / "report.html")
+    text = (
+        path.read_text() if hasattr(path, "read_text") else (tmp_path / "report.html").read_text()
+    )
+    assert "does the CAM find the lesion" in text and "centre prior" in text
+    assert "beats the best content-blind control" in text
