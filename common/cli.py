@@ -322,7 +322,7 @@ def add_engine_arguments(sub):
         "--no-tensorboard",
         dest="tensorboard",
         action="store_false",
-        help="do not write TensorBoard logs to RUN/tensorboard/",
+        help="do not write TensorBoard logs to RUN/tensorboard/ (default: they are written)",
     )
 
 
@@ -334,6 +334,9 @@ def configure_run(args):
     """
     if args.command not in ("train", "evaluate", "predict"):
         return
+    from common._quiet_import import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # the dtype policy imports Keras, and Keras TensorFlow
     from common.precision import set_precision
 
     set_precision(args.precision)
@@ -561,6 +564,9 @@ def create_strategy_first(name):
     Returns:
         The `tf.distribute.Strategy`.
     """
+    from common._quiet_import import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow's C++ start-up lines stay off stderr
     from common.distribute import strategy_from_name
 
     return strategy_from_name(name)
@@ -596,6 +602,8 @@ def _begin_train(package, args):
     if args.resume and args.overwrite:
         raise DataError("--resume and --overwrite exclude each other", path=args.out_dir)
     writer = _writes_run_dir(args.strategy)  # other workers of a multi-worker run touch nothing
+    # a run that stops on bad input before writing anything leaves no folder behind (`_end_train`)
+    args._created_run = not os.path.exists(args.out_dir)
     if writer and acquire(args.out_dir):
         args._release_lock = args.out_dir
     if writer and args.overwrite:
@@ -619,13 +627,19 @@ def _begin_train(package, args):
         raise DataError(missing_report(missing, line=True))
 
 
-def _end_train(args):
-    """Releases the run folder's lock that `_begin_train` took (if any)."""
+def _end_train(args, failed=False):
+    """Releases the run folder's lock that `_begin_train` took (if any); after a failed run,
+    removes the folder `_begin_train` created when nothing else was written into it."""
     folder = getattr(args, "_release_lock", None)
     if folder is not None:
         from common.runlock import release
 
         release(folder)
+    if failed and getattr(args, "_created_run", False):
+        try:
+            os.rmdir(args.out_dir)  # only an empty folder: anything written stays for --resume
+        except OSError:
+            pass
 
 
 def _check_inference(package, args, extras):
@@ -639,6 +653,9 @@ def dispatch(package, args):
     """Runs one parsed subcommand against the package API."""
     command = args.command
     extras = _extras(package, command, args)
+    if command == "train":
+        # first: before anything reads data, sets a dtype policy or builds a model
+        strategy = create_strategy_first(args.strategy)
     configure_run(args)
     if command == "synthesize":
         kwargs = {"seed": args.seed, **extras}
@@ -674,8 +691,6 @@ def dispatch(package, args):
             model.summary(line_length=110)
         print(json.dumps(summary))
     elif command == "train":
-        # first: before anything reads data or builds a model (see `create_strategy_first`)
-        strategy = create_strategy_first(args.strategy)
         if not os.path.exists(args.data_dir):
             raise DataError("no such folder", path=args.data_dir)
         _begin_train(package, args)
@@ -731,8 +746,11 @@ def dispatch(package, args):
 def _dispatch_mapping_faults(package, args):
     """`dispatch`, with a fault that a `tf.data` pipeline raised (TensorFlow wraps the reader's
     error in an `OpError`) turned back into the one-line `DataError` naming the file."""
+    failed = True
     try:
-        return dispatch(package, args)
+        result = dispatch(package, args)
+        failed = False
+        return result
     except (DataError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001  (only data faults are mapped; the rest re-raised)
@@ -743,7 +761,7 @@ def _dispatch_mapping_faults(package, args):
             raise
         raise mapped from None
     finally:
-        _end_train(args)
+        _end_train(args, failed)
 
 
 def main(package, argv=None):

@@ -102,7 +102,9 @@ def lazy_package(package, exports, *, backend_free=None, keras_modules=None):
     def __dir__():
         return sorted(set(module.__dict__) | set(exports))
 
-    register_keras_objects(*keras_modules)
+    # `lazy_package` is the last statement of the package's `__init__`: the package is complete
+    # although still marked as initialising, so it does not defer its own registration
+    register_keras_objects(*keras_modules, importing=package)
     return __getattr__, __dir__
 
 
@@ -120,11 +122,13 @@ def prepare_import(module_name, *, backend_free=False):
         import_tensorflow_quietly()
 
 
-def register_keras_objects(*modules):
+def register_keras_objects(*modules, importing=None):
     """Imports `modules` (which register Keras objects) now if Keras is imported, else after it is.
 
     Args:
         *modules: module names, e.g. `"common.layers"`, `"kneeoa.model"`.
+        importing: the package whose `__init__` calls this as its last statement: complete, so
+            its being marked as initialising does not defer the registration.
     """
     with _LOCK:
         for name in modules:
@@ -133,23 +137,25 @@ def register_keras_objects(*modules):
     if _keras_ready():
         # a registration module that cannot be imported (a missing optional dependency) must not
         # make `import PKG` fail: it stays pending and raises where the package is used
-        register_pending(keep_failed=True)
+        register_pending(keep_failed=True, importing=importing)
     elif _PENDING:
         _install_hook()
 
 
-def register_pending(*, keep_failed=False):
+def register_pending(*, keep_failed=False, importing=None):
     """Imports the registration modules still pending, unless one of the suite's is half-imported.
 
     Args:
         keep_failed: a module that fails to import (ImportError) stays pending instead of raising
             (the hook inside `import keras` must not make the user's own import fail).
+        importing: a package that is complete although still initialising (see
+            `register_keras_objects`).
 
     Returns:
         The names still pending (empty once everything is registered).
     """
     with _LOCK:
-        if not _PENDING or not _keras_ready() or _half_imported():
+        if not _PENDING or not _keras_ready() or _half_imported(importing):
             return list(_PENDING)
         names = list(_PENDING)
         _PENDING.clear()
@@ -178,8 +184,10 @@ def _initializing(module):
     return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-def _half_imported():
+def _half_imported(importing=None):
     for name, module in list(sys.modules.items()):
+        if name == importing:
+            continue
         if name.split(".")[0] in _DEFERRING_PACKAGES and _initializing(module):
             return True
     return False

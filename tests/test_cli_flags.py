@@ -28,7 +28,7 @@ def _fake_package():
     module.PRESETS = {"demo": {}, "paper": {}, "modified_1": {}, "paper-branch-fc6": {}}
 
     def recorder(name):
-        def record(**kwargs):
+        def record(*args, **kwargs):
             calls[name] = kwargs
             return {}
 

@@ -166,7 +166,7 @@ def _package(seen):
     def train(data_dir, out_dir, **kwargs):
         seen.append(("train", engine_defaults(), keras.config.dtype_policy().name))
 
-    def predict(model, inputs, out_dir, *, explain=False):
+    def predict(model, inputs, out_dir, *, explain=False, **kwargs):
         seen.append(("predict", None, keras.config.dtype_policy().name))
 
     module = types.ModuleType("enginepkg", "Stand-in package.")
