@@ -67,6 +67,7 @@ from common.augment import augment_fn
 from common.augment import equalize_histogram
 from common.augment import resize
 from common.errors import DataError
+from common.errors import missing_listed_file
 from common.fileio import read_text
 from common.image_io import DICOM_SUFFIXES
 from common.image_io import ImageReadError
@@ -527,7 +528,7 @@ def _read_contents(path):
         return {}
     folder_i, pid_i, series_i = (header.index(w) for w in wanted)
     films = {}
-    for cells in reader:
+    for row, cells in enumerate(reader, start=2):  # the header is row 1
         if len(cells) <= max(folder_i, pid_i, series_i):
             continue
         if cells[series_i].strip().lower() != PA_KNEE_SERIES:
@@ -540,8 +541,13 @@ def _read_contents(path):
         if not film.is_file() and series_dir.is_dir():
             found = [p for p in sorted(series_dir.iterdir()) if p.is_file() and p.name[0] != "."]
             film = found[0] if found else film
-        if film.is_file():
-            films.setdefault(pid.lower(), []).append(film)
+        if not film.is_file():
+            # a listed film that is absent: inspect counts it, train stops (common.errors)
+            missing_listed_file(
+                DataError("listed film not found", path=path, row=row, column="Folder"), film
+            )
+            continue
+        films.setdefault(pid.lower(), []).append(film)
     return films
 
 
@@ -806,9 +812,11 @@ def _most_films(top, kl_file, known_ids):
             if not path.is_file() and top.joinpath(*parts).is_file():
                 path = top.joinpath(*parts)
             if not path.is_file():
-                raise DataError(
+                error = DataError(
                     f"listed film not found: {path}", path=list_file, row=number, column=1
                 )
+                missing_listed_file(error, path)  # inspect counts it, train stops
+                continue
             films.setdefault(parsed, []).append(path)
         return films, list_file
     for path in _all_files(top):

@@ -402,6 +402,25 @@ def test_films_absent_inspect_warns_and_train_stops(name, phantoms, tmp_path, ca
     assert f"{report['missing']} listed image files are missing" in err[0]
 
 
+def test_kneeoa_films_absent_inspect_warns_and_train_stops(tmp_path, capsys):
+    """MOST_names.csv (and OAI's contents.csv) name films; absent ones are counted, not skipped."""
+    import kneeoa
+
+    layout = "most"
+    root = tmp_path / layout
+    kneeoa.write_phantom_dataset(root, num_subjects=4, seed=0, layout=layout)
+    films = sorted((root / "MOST").rglob("*.dcm"))
+    assert len(films) > 1
+    films[0].unlink()  # one listed film absent, the others there
+    argv = ["--data-dir", str(root), "--layout", layout]
+    status, out, err = run_cli("kneeoa", ["inspect", *argv], capsys)
+    report = json.loads(out)
+    assert status == 0 and report["missing"] >= 1 and len(err) == 1 and "warning" in err[0]
+    status, _, err = run_cli("kneeoa", ["train", *argv, "--out-dir", str(tmp_path / "run")], capsys)
+    assert status == 2 and len(err) == 1
+    assert "listed image files are missing" in err[0] or "listed image file is missing" in err[0]
+
+
 def test_kneekl224_unknown_label_folder_and_a_knee_in_two_grades(phantoms, tmp_path, capsys):
     root = tmp_path / "k"
     shutil.copytree(phantoms["kneeoa"], root)
