@@ -20,6 +20,11 @@ Extra keys: `patients`, `per_model_rmse` (RMSE of each joint model on its held-o
 paper's validation measure), `detector_ap` (AP per class, Table 1's rows), `prior_boxes` (how
 many crops came from the prior boxes because the detector missed the class), `paper`.
 
+On phantoms (the data folder holds `_phantom_truth/`), `localisation`: the attention of the
+erosion models per held-out joint crop scored against content-blind controls
+(`deepra.explain.attention_localisation`, `common.localisation`; at most 96 crops, issue 15.1).
+Real data sets have no lesion truth and get no such key.
+
 `predictions.csv` is the challenge's `template.csv` layout: `Patient_ID` and the columns of
 `training.csv` (the three overall sums, then the 86 joints), one row per patient.
 
@@ -51,6 +56,7 @@ from common.image_io import read_image
 from common.inference import collect_image_paths
 from common.inference import output_path
 from common.metrics import bootstrap_ci
+from common.phantom_truth import phantom_truth_root
 from common.progress import progress
 from common.progress import progress_callback
 from deepra import data
@@ -69,6 +75,7 @@ from deepra.detector import TABLE1_AP
 from deepra.detector import _voc_ap
 from deepra.detector import box_iou
 from deepra.detector import table1
+from deepra.explain import attention_localisation
 from deepra.joints import TABLE2
 
 METRIC_KEYS = ("weighted_rmse_narrowing", "weighted_rmse_erosion", "weighted_mae_overall")
@@ -425,6 +432,7 @@ def build_report(
     config=None,
     seed=0,
     data_path=None,
+    localisation_panels=(),
 ):
     """The DeepRA evaluation report from its numbers (what `evaluate_pipeline` writes).
 
@@ -444,6 +452,8 @@ def build_report(
         config: the run's configuration (`preset`, `seed`, `column_weights`).
         seed: the evaluation seed.
         data_path: the data set's path, shown in the header.
+        localisation_panels: `(png, caption)` crops whose attention is drawn beside the controls
+            (shown with `metrics["localisation"]`, phantoms only).
 
     Returns:
         The `common.reports.HTMLReport`.
@@ -543,6 +553,8 @@ def build_report(
             "titles: file, crop, (distal/proximal) true -> predicted."
         )
         report.add_images_grid(crops)
+    if metrics.get("localisation"):
+        report.add_localisation(metrics["localisation"], localisation_panels, what="attention mask")
     return report
 
 
@@ -625,6 +637,12 @@ def evaluate_pipeline(
         detector_ci[kind] = list(interval)
         detector_ap[kind] = ap
 
+    truth_root = phantom_truth_root(data_path)
+    localisation, localisation_panels = (None, [])
+    if truth_root is not None:  # phantoms: the attention against content-blind maps (issue 15.1)
+        localisation, localisation_panels = attention_localisation(
+            joint_models, joint_results, truth_root, seed=seed, n_boot=n_boot
+        )
     metrics = {
         **values,
         "baseline": base_values,
@@ -637,6 +655,8 @@ def evaluate_pipeline(
         "column_weights": "all 1" if not weights else weights,
         "paper": PAPER_TABLE3,
     }
+    if localisation is not None:
+        metrics["localisation"] = localisation
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
     reports.write_csv(output_path(out_dir, "predictions.csv"), predicted[list(TRAINING_COLUMNS)])
 
@@ -673,6 +693,7 @@ def evaluate_pipeline(
         config=config,
         seed=seed,
         data_path=data_path,
+        localisation_panels=localisation_panels,
     )
     report.write(output_path(out_dir, "report.html"))
     if verbose:

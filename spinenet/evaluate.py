@@ -6,6 +6,10 @@ intervals from a bootstrap over patients, and writes `metrics.json`, `prediction
 per disc) and `report.html` (Table 2 layout beside the paper's figures, confusion matrices, label
 distribution beside Table 1, learning curves, Fig. 3-style evidence hotspots).
 
+On phantoms (the data folder holds `_phantom_truth/`), `metrics.json` also gets `localisation`:
+the evidence hotspots of every lesion slice of at most 16 discs scored against content-blind
+controls (`spinenet.explain.hotspot_localisation`, `common.localisation`; issue 15.1).
+
 `predict` grades the discs of segmented sagittal series or of extracted volumes (see its
 docstring for the accepted inputs) and, with `explain=True`, writes one PNG per disc with the
 evidence hotspots (§3) of every task over its slices.
@@ -29,6 +33,7 @@ from common import reports
 from common.errors import DataError
 from common.export import load_model
 from common.inference import output_path
+from common.phantom_truth import phantom_truth_root
 from common.progress import progress
 from spinenet.augment import VolumeAugmentConfig
 from spinenet.data import CONTEXT_EXTRA_SLICES
@@ -45,6 +50,7 @@ from spinenet.data import read_dataset
 from spinenet.data import task_targets
 from spinenet.explain import default_explained_class
 from spinenet.explain import hotspot_figure
+from spinenet.explain import hotspot_localisation
 from spinenet.explain import hotspot_overlay
 from spinenet.explain import predict_tta
 from spinenet.explain import task_hotspots
@@ -307,6 +313,7 @@ def build_report(
     hotspots=(),
     tta=True,
     data_path=None,
+    localisation_panels=(),
 ):
     """The evaluation report of a SpineNet model from its numbers (what `evaluate_model` writes).
 
@@ -319,6 +326,8 @@ def build_report(
         hotspots: `(png, caption)` evidence-hotspot pictures.
         tta: whether predictions average the test-time views.
         data_path: the data set's path, shown in the header.
+        localisation_panels: `(png, caption)` lesion slices whose hotspot is drawn beside the
+            controls (shown with `metrics["localisation"]`, phantoms only).
 
     Returns:
         The `common.reports.HTMLReport`.
@@ -465,6 +474,10 @@ def build_report(
         report.add_images_grid(hotspots)
     else:
         report.add_paragraph("No test disc is graded abnormal for a binary task: no hotspot shown.")
+    if metrics.get("localisation"):
+        report.add_localisation(
+            metrics["localisation"], localisation_panels, what="evidence hotspots"
+        )
     return report
 
 
@@ -526,6 +539,20 @@ def evaluate_model(
     metrics["patients"] = int(records["group"].nunique()) if "group" in records else None
     metrics["tta"] = bool(use_tta)
     hotspots = _hotspot_examples(model, records, volumes, probabilities, targets, config)
+    truth_root = phantom_truth_root(data_path)
+    localisation_panels = []
+    if truth_root is not None:  # phantoms: the hotspots against content-blind maps (issue 15.1)
+        block, localisation_panels = hotspot_localisation(
+            model,
+            records,
+            truth_root,
+            copies=int(config.get("hotspot_copies", 16)),
+            augment=hotspot_augmentation(config),
+            seed=seed,
+            n_boot=n_boot,
+        )
+        if block is not None:
+            metrics["localisation"] = block
     report = build_report(
         metrics,
         targets,
@@ -535,6 +562,7 @@ def evaluate_model(
         hotspots=hotspots,
         tta=use_tta,
         data_path=data_path,
+        localisation_panels=localisation_panels,
     )
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
     reports.write_csv(

@@ -338,3 +338,187 @@ def hotspot_figure(volume, hotspots, *, titles=None, slices=(1, 4, 7)) -> np.nda
         row = np.round(np.clip(np.concatenate(panels, axis=1), 0, 1) * 255).astype(np.uint8)
         rows.append(label(np.ascontiguousarray(row), titles.get(task, task)))
     return np.concatenate(rows, axis=0)
+
+
+# ------------------------------------------------------------------ localisation (issue 15.1)
+
+#: Lesion kind of the phantom truth -> the task whose 'abnormal' hotspot should find it.
+LESION_TASKS = {
+    "upper_endplate_defect": "upper_endplate",
+    "lower_endplate_defect": "lower_endplate",
+    "upper_marrow_change": "upper_marrow",
+    "lower_marrow_change": "lower_marrow",
+}
+#: At most this many discs with a drawn lesion are scored per evaluation (seeded subset).
+MAX_DISCS = 16
+#: Augmented copies per hotspot map of the untrained control (the model's maps use the run's
+#: `hotspot_copies`): the control's maps are only compared on average, and its cost is kept small.
+CONTROL_COPIES = 4
+#: Slices drawn in the report (the largest lesions first).
+PANELS = 3
+
+
+def untrained_copy(model, seed=0):
+    """The same architecture with fresh weights (seeded), the `untrained` control.
+
+    The input means (`mean_subtraction`, fixed preprocessing computed from the training split,
+    not learnt) are copied from `model`, so that the control differs in its learnt weights only.
+    """
+    keras.utils.set_random_seed(int(seed))
+    fresh = keras.models.clone_model(model)
+    try:
+        fresh.get_layer("mean_subtraction").set_weights(
+            model.get_layer("mean_subtraction").get_weights()
+        )
+    except ValueError:  # a model without the layer
+        pass
+    return fresh
+
+
+def lesion_slices(
+    model,
+    records,
+    truth_root,
+    *,
+    copies=16,
+    control_copies=CONTROL_COPIES,
+    augment=None,
+    max_discs=MAX_DISCS,
+    seed=0,
+):
+    """The evidence hotspots of the model and of an untrained copy on every lesion slice.
+
+    Every disc of `records` with a drawn lesion (`spinenet.synthetic`: endplate defects, marrow
+    changes) gets the hotspot (§3) of the task that grades that lesion, for the class 'abnormal'
+    (as Fig. 3); each slice of the disc volume that the lesion reaches is one unit: the slice of
+    the hotspot against the slice of the lesion mask, grouped by disc.
+
+    Args:
+        model: a SpineNet model.
+        records: phantom disc records (`spinenet.data.read_dataset` on a phantom data set; records
+            without a series path are skipped).
+        truth_root: the phantom data set folder (holding `_phantom_truth/`).
+        copies: augmented copies per map of the model (the run's `hotspot_copies`).
+        control_copies: augmented copies per map of the untrained control.
+        augment: the `VolumeAugmentConfig` of the copies (default: the paper's ranges).
+        max_discs: cap on the discs scored (a seeded random subset when more have a lesion).
+        seed: seed of the subset, the untrained weights and the copies.
+
+    Returns:
+        dict of equal-length lists, one entry per lesion slice: `model` and `untrained` (the
+        hotspot slices, `(112, 224)`), `masks` (bool lesion slices), `groups` (the disc),
+        `slices` (the image slices), `names` (captions); and `discs` / `tasks`: how many discs and
+        which tasks were scored.
+    """
+    from pathlib import Path
+
+    from spinenet.synthetic import read_truth_index
+    from spinenet.synthetic import truth_volumes
+
+    tasks = set(task_names(model))
+    index = read_truth_index(truth_root)
+    index = index[[LESION_TASKS.get(kind) in tasks for kind in index["kind"]]]
+    drawn = {(Path(p).name, int(label)) for p, label in zip(index["image"], index["ivd_label"])}
+    discs = []  # the discs with a drawn lesion that one of the model's tasks grades
+    for record in records.to_dict("records"):
+        path = record.get("image_path")
+        if isinstance(path, str) and (Path(path).name, int(record["ivd_label"])) in drawn:
+            discs.append(record)
+    order = np.random.default_rng([int(seed), 15]).permutation(len(discs))[: int(max_discs)]
+    units = {"model": [], "untrained": [], "masks": [], "groups": [], "slices": [], "names": []}
+    untrained = untrained_copy(model, seed) if len(order) else None
+    scored_tasks = set()
+    for index in sorted(int(i) for i in order):
+        record = discs[index]
+        volume, masks, _ = truth_volumes(truth_root, record)
+        lesions = {
+            kind: mask
+            for kind, mask in masks.items()
+            if LESION_TASKS.get(kind) in tasks and mask.any()
+        }
+        if not lesions:
+            continue
+        classes = {LESION_TASKS[k]: 1 for k in lesions}
+        options = {"seed": int(seed) + index, "augment": augment}
+        maps = task_hotspots(model, volume, classes, n_augment=int(copies), **options)
+        blind = task_hotspots(untrained, volume, classes, n_augment=int(control_copies), **options)
+        level = record.get("level") if isinstance(record.get("level"), str) else ""
+        name = f"{Path(record['image_path']).name} {level}".strip()
+        for kind, mask in lesions.items():
+            task = LESION_TASKS[kind]
+            scored_tasks.add(task)
+            for k in np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0)):
+                units["model"].append(maps[task][..., k])
+                units["untrained"].append(blind[task][..., k])
+                units["masks"].append(mask[..., k])
+                units["groups"].append(f"{record['image_path']}#{record['ivd_label']}")
+                units["slices"].append(volume[..., k])
+                units["names"].append(f"{name}, {kind.replace('_', ' ')}, slice {k + 1}")
+    units["discs"] = int(len(order))
+    units["tasks"] = sorted(scored_tasks)
+    return units
+
+
+def slice_localisation(units, *, seed=0, n_boot=1000, panels=PANELS):
+    """The `localisation` block of `lesion_slices`' units, and a few report panels.
+
+    Args:
+        units: the dict `lesion_slices` returns (its `model` list may be replaced by other maps,
+            e.g. a control, to see the check fail).
+        seed: seed of the shuffle and the bootstrap.
+        n_boot: bootstrap resamples.
+        panels: how many slices to draw (model beside the controls, lesion outlined).
+
+    Returns:
+        `(block, panels)`: the `common.localisation.localisation_block` dict (unit "slice", groups
+        = discs) with `discs` and `tasks` added, and a list of `(png, caption)`; `(None, [])` when
+        fewer than two lesion slices were found.
+    """
+    from common import reports
+    from common.localisation import center_prior_maps
+    from common.localisation import localisation_block
+    from common.localisation import shuffled_maps
+
+    if len(units["masks"]) < 2:
+        return None, []
+    masks = np.stack(units["masks"])
+    block = localisation_block(
+        units["model"],
+        masks,
+        untrained_maps=units["untrained"],
+        groups=units["groups"],
+        unit="slice",
+        n_boot=int(n_boot),
+        seed=int(seed),
+    )
+    block["discs"] = int(units["discs"])
+    block["tasks"] = list(units["tasks"])
+    prior = center_prior_maps(masks)
+    shuffled = shuffled_maps(list(units["model"]), int(seed), units["groups"])
+    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    items = []
+    for i in np.argsort(-areas, kind="stable")[: int(panels)]:
+        maps = {
+            "model": units["model"][i],
+            "untrained": units["untrained"][i],
+            "centre prior": prior[i],
+            "shuffled": shuffled[i],
+        }
+        png = reports.localisation_panel_png(units["slices"][i], maps, mask=masks[i])
+        items.append((png, f"{units['names'][i]}: hotspot beside the controls (lesion outlined)"))
+    return block, items
+
+
+def hotspot_localisation(model, records, truth_root, *, seed=0, n_boot=1000, **options):
+    """`lesion_slices` then `slice_localisation`: what `evaluate` adds on phantoms (issue 15.1).
+
+    Args:
+        model, records, truth_root, seed: as `lesion_slices`.
+        n_boot: bootstrap resamples.
+        **options: `copies`, `control_copies`, `augment`, `max_discs` of `lesion_slices`.
+
+    Returns:
+        `(block, panels)` of `slice_localisation`.
+    """
+    units = lesion_slices(model, records, truth_root, seed=seed, **options)
+    return slice_localisation(units, seed=seed, n_boot=n_boot)

@@ -18,11 +18,16 @@ import deepra
 from common.cli import SUBCOMMANDS
 from common.cli import build_parser
 from common.cli import main
+from common.localisation import CONTROLS
 from common.testing import run_module
 from common.verify import INSPECT_FILE_KEYS
 from deepra import columns
+from deepra import data
 from deepra import pipeline
+from deepra.evaluate import METRIC_KEYS
+from deepra.evaluate import evaluate_pipeline
 from deepra.evaluate import films_from_inputs
+from deepra.explain import untrained_copy
 
 NUM_SUBJECTS = 10
 CROP = 48
@@ -98,6 +103,79 @@ def test_run_folder_holds_every_contract_file(run):
     # the crop -> column mapping: a thumb gives the IP and MCP erosion through hand-erosion
     assert "distal_erosion: LH_mcp_E__ip, proximal_erosion: LH_mcp_E__1" in html
     assert "distal_erosion: LF_mtp_E__ip, proximal_erosion: LF_mtp_E__1" in html
+
+
+@pytest.fixture(scope="module")
+def stage2(run, tmp_path_factory):
+    """Stage 2 alone on the held-out patients: the run's joint models on the annotated boxes
+    (the one-epoch detectors of this tiny run find no joint), and the same with fresh weights.
+    Both through `evaluate_pipeline`, so both carry the random-draw `baseline` (§4.3.3)."""
+    config, models = pipeline.load_run(run["run"] / "model.keras")
+    _, joints = pipeline.split_models(models)
+    films = data.read_records(run["data"])
+    films["split"] = data.split_patients(
+        films,
+        test_fraction=float(config["test_fraction"]),
+        val_fraction_of_train=float(config["val_fraction_of_train"]),
+        seed=int(config["seed"]),
+    ).to_numpy()
+    boxes = data.read_boxes(run["data"])
+    test = films[films["split"] == "test"]
+    result = {}
+    for name, models_ in (
+        ("trained", joints),
+        ("untrained", {key: untrained_copy(model, seed=1) for key, model in joints.items()}),
+    ):
+        folder = tmp_path_factory.mktemp(f"stage2_{name}")
+        metrics = evaluate_pipeline(
+            {},
+            models_,
+            test,
+            detections=boxes,
+            annotations=boxes.iloc[:0],
+            config=config,
+            train_films=films[films["split"] != "test"],
+            out_dir=folder,
+            verbose=0,
+            data_path=run["data"],
+        )
+        result[name] = {"metrics": metrics, "folder": folder}
+    return result
+
+
+def test_evaluate_scores_the_attention_on_phantoms(stage2):
+    """Issue 15.1's plumbing: on phantoms evaluate adds the `localisation` block of the erosion
+    models' attention and draws it (whether it wins: test_attention.py)."""
+    metrics = json.loads((stage2["trained"]["folder"] / "metrics.json").read_text())
+    block = metrics["localisation"]
+    assert (block["metric"], block["unit"]) == ("energy_inside_lesion", "crop")
+    assert set(block["controls"]) == set(CONTROLS) and block["n"] >= 2
+    assert set(block["models"]) <= {"hand-erosion", "foot-erosion", "wrist-erosion"}
+    html = (stage2["trained"]["folder"] / "report.html").read_text()
+    assert "Localisation: does the attention mask find the lesion?" in html
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 15.3, measured: this tiny run's joint models (2 epochs) lose to the random "
+    "draws on the overall abs. error (78.5 against 61.0); strict: remove this mark when they win",
+)
+def test_joint_models_beat_the_random_draw_baseline(stage2):
+    """Issue 15.3: the trained joint models beat the challenge's random-draw baseline on all three
+    metrics of §4.3.2 (the same patients, crops and draws)."""
+    metrics = stage2["trained"]["metrics"]
+    scores = {key: (metrics[key], metrics["baseline"][key]) for key in METRIC_KEYS}
+    # Measured (ours, baseline): RMSE narrowing 1.45, 1.78; erosion 1.88, 2.23; overall abs.
+    # error 78.5, 61.0. Fresh weights: 1.62, 2.04, 78.5 against the same draws.
+    assert all(ours < baseline for ours, baseline in scores.values()), scores
+
+
+def test_untrained_joint_models_do_not_beat_the_baseline(stage2):
+    """The control of the test above: fresh weights, the same crops, must lose somewhere."""
+    metrics = stage2["untrained"]["metrics"]
+    scores = {key: (metrics[key], metrics["baseline"][key]) for key in METRIC_KEYS}
+    assert not all(ours < baseline for ours, baseline in scores.values()), scores
 
 
 def test_predictions_csv_is_the_template_layout(run):

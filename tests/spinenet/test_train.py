@@ -6,7 +6,6 @@ import json
 import shutil
 
 import cv2
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +14,8 @@ import spinenet
 from common.cli import build_parser
 from common.cli import main
 from common.export import load_model
-from common.metrics import average_per_class_accuracy
+from common.localisation import beats_controls
+from common.localisation import center_prior_maps
 from common.testing import TestCase
 from common.testing import run_module
 from common.verify import INSPECT_FILE_KEYS
@@ -25,9 +25,8 @@ from spinenet.data import read_dataset
 from spinenet.evaluate import collect_predict_inputs
 from spinenet.evaluate import hotspot_augmentation
 from spinenet.evaluate import model_config
-from spinenet.evaluate import predict_records
-from spinenet.explain import task_hotspots
-from spinenet.synthetic import truth_volumes
+from spinenet.explain import lesion_slices
+from spinenet.explain import slice_localisation
 from spinenet.synthetic import write_phantom_dataset
 from tests.spinenet.conftest import write_spider_sample
 
@@ -59,9 +58,8 @@ FAST = {
     "intensity_delta": 0.05,
     "hotspot_copies": 8,
 }
-# The endplate region of a disc volume: vertebra voxels within this distance of the disc (about
-# 5 mm in the phantoms' volumes, where ~3.7 px = 1 mm), per slice.
-ENDPLATE_BAND_PX = 20
+# Share of the hotspots' energy inside the lesion above the best content-blind control's.
+HOTSPOT_MARGIN = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +70,15 @@ def trained(tmp_path_factory):
     run = root / "run"
     metrics = spinenet.train(data, run, preset="demo", seed=SEED, verbose=0, **FAST)
     return {"root": root, "data": data, "run": run, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def plain_data(trained, tmp_path_factory):
+    """The run's data set without its phantom truth, as real data comes: evaluate adds no
+    `localisation` block (and spends nothing on it)."""
+    target = tmp_path_factory.mktemp("spinenet_plain") / "data"
+    shutil.copytree(trained["data"], target, ignore=shutil.ignore_patterns("_phantom_truth"))
+    return target
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +140,13 @@ def test_run_folder_metrics_and_report(trained):
     # The paper's Table 2 (conv5 column, intra-rater) and §5 figures beside ours.
     for text in ("87.3 ± 2.3 %", "83.3 %", "0.961", "intra-rater", "Lootus"):
         assert text in html, text
-    assert html.count("data:image/png;base64") >= 6 + 1 + 1
+    assert html.count("data:image/png;base64") >= 6 + 1 + 1 + 1 + 3  # localisation: bars, panels
+    # Phantoms: the hotspots scored against content-blind controls (issue 15.1).
+    block = metrics["localisation"]
+    assert (block["metric"], block["unit"]) == ("energy_inside_lesion", "slice")
+    assert set(block["controls"]) == {"center_prior", "untrained", "shuffled"}
+    assert block["n"] >= 20 and block["discs"] >= 3, block  # lesion slices, discs with a lesion
+    assert "Localisation: does the evidence hotspots find the lesion?" in html
 
 
 def test_input_mean_and_class_weights_come_from_the_training_split(trained):
@@ -156,112 +169,52 @@ def test_input_mean_and_class_weights_come_from_the_training_split(trained):
 # ---------------------------------------------------------------------------- evidence hotspots
 
 
-def _endplate_regions(regions):
-    """(upper, lower) endplate regions: vertebra voxels within ENDPLATE_BAND_PX of the disc."""
-    upper = np.zeros(regions.shape, bool)
-    lower = np.zeros(regions.shape, bool)
-    for k in range(regions.shape[-1]):
-        disc = (regions[..., k] == 2).astype(np.uint8)
-        if not disc.any():
-            continue
-        near = cv2.distanceTransform(1 - disc, cv2.DIST_L2, 3) <= ENDPLATE_BAND_PX
-        upper[..., k] = (regions[..., k] == 1) & near
-        lower[..., k] = (regions[..., k] == 3) & near
-    return upper, lower
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 15.1, measured: the hotspots put 0.135 of their energy on the lesion, the "
+    "centre prior 0.247 and another disc's hotspot 0.131 (p = 0.99); strict: remove this mark "
+    "when they win",
+)
+def test_hotspots_beat_the_content_blind_controls(trained):
+    """Issue 15.1: the run's own evaluate (its test split, a phantom set) scores the evidence
+    hotspots of every lesion slice against content-blind maps; they must beat every control."""
+    block = trained["metrics"]["localisation"]
+    # Measured (73 slices of 8 discs): model 0.135 [0.117, 0.161], chance 0.032, centre prior
+    # 0.247 [0.179, 0.287], untrained 0.040, shuffled 0.131.
+    assert beats_controls(block, margin=HOTSPOT_MARGIN), block
 
 
-def test_the_model_finds_endplate_defects_in_new_patients(trained, new_discs):
-    _, records = new_discs
+def test_content_blind_maps_handed_in_as_the_model_fail(trained):
+    """The check can fail: the same slices (recomputed with evaluate's settings, which gives the
+    run's block again) with the centre prior handed in as the model's hotspots do not beat it."""
     model = load_model(trained["run"] / "model.keras")
     config = model_config(model, trained["run"] / "model.keras")
-    probabilities, _ = predict_records(model, records, config=config, tta=False, verbose=0)
-    for task in ("upper_endplate", "lower_endplate"):
-        y = records[task].to_numpy()
-        labelled = y >= 0
-        accuracy = average_per_class_accuracy(
-            y[labelled], probabilities[task][labelled].argmax(1), num_classes=2
-        )
-        assert accuracy >= 0.75, (task, accuracy)  # chance: 0.5
-
-
-def _hotspot_shares(model, discs, augment, copies):
-    """Per disc with an endplate defect: lower / upper endplate mass of each endplate task's
-    hotspot (of its 'abnormal' score, as in Fig. 3)."""
-    rows = []
-    for record, volume, upper, lower in discs:
-        maps = task_hotspots(
-            model,
-            volume,
-            {"upper_endplate": 1, "lower_endplate": 1},
-            n_augment=copies,
-            seed=0,
-            augment=augment,
-        )
-        rows.append(
-            {
-                "upper_defect": record["upper_endplate"] == 1,
-                "lower_defect": record["lower_endplate"] == 1,
-                "lower_task": maps["lower_endplate"][lower].sum()
-                / maps["lower_endplate"][upper].sum(),
-                "upper_task": maps["upper_endplate"][lower].sum()
-                / maps["upper_endplate"][upper].sum(),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _localisation(frame):
-    """(lower task on lower defects: geometric mean lower/upper, the same upper/lower for the
-    upper task on upper defects, share of discs where the lower task looks lower than the upper)."""
-    low, up = frame[frame["lower_defect"]], frame[frame["upper_defect"]]
-    return (
-        float(np.exp(np.log(low["lower_task"]).mean())),
-        float(np.exp(-np.log(up["upper_task"]).mean())),
-        float((frame["lower_task"] > frame["upper_task"]).mean()),
+    records = read_dataset(trained["data"], seed=SEED)
+    units = lesion_slices(
+        model,
+        records[records["split"] == "test"],
+        trained["data"],
+        copies=int(config["hotspot_copies"]),
+        augment=hotspot_augmentation(config),
+        seed=SEED,
     )
-
-
-def test_endplate_hotspots_lie_in_the_endplate_of_the_defect(trained, new_discs):
-    """Issue 6 / Fig. 3: the lower-endplate-defect hotspot lies in the lower endplate region more
-    than in the upper one, and the upper-endplate-defect hotspot in the upper one."""
-    root, records = new_discs
-    model = load_model(trained["run"] / "model.keras")
-    config = model_config(model, trained["run"] / "model.keras")
-    discs = []
-    for record in records.to_dict("records"):
-        if record["upper_endplate"] != 1 and record["lower_endplate"] != 1:
-            continue
-        volume, masks, regions = truth_volumes(root, record)
-        upper, lower = _endplate_regions(regions)
-        if not upper.any() or not lower.any():
-            continue  # L5/S1: SPIDER leaves the sacrum unlabelled, so no lower region
-        drawn = masks["upper_endplate_defect"] | masks["lower_endplate_defect"]
-        assert drawn.any() and (drawn & (regions == 2)).mean() < 0.05 * drawn.mean()  # in bone
-        discs.append((record, volume, upper, lower))
-    augment, copies = hotspot_augmentation(config), int(config["hotspot_copies"])
-    frame = _hotspot_shares(model, discs, augment, copies)
-    low, up = frame[frame["lower_defect"]], frame[frame["upper_defect"]]
-    assert len(low) >= 5 and len(up) >= 5 and (frame["lower_defect"] & frame["upper_defect"]).any()
-    lower_side, upper_side, specific = _localisation(frame)
-    # Lower-endplate defects: their task's hotspot lies in the lower endplate region more than in
-    # the upper one (geometric mean over the discs of the lower / upper mass) ...
-    assert lower_side > 1.2, frame
-    # ... and upper-endplate defects' hotspot in the upper one.
-    assert upper_side > 1.2, frame
-    # Specific to the task (Fig. 3: "hotspots localize extremely well to the assigned tasks", also
-    # on discs with both defects): on the same disc the lower task's hotspot sits lower than the
-    # upper task's.
-    assert specific >= 0.9, frame
-    # The same measure on the untrained network (same input mean) fails: the localisation is learnt.
-    keras.utils.set_random_seed(0)
-    untrained = spinenet.build_model("demo", dropout=0.0)
-    untrained.get_layer("mean_subtraction").set_weights(
-        model.get_layer("mean_subtraction").get_weights()
+    block, _ = slice_localisation(units, seed=SEED)
+    expected = trained["metrics"]["localisation"]
+    assert (block["n"], block["discs"], block["tasks"]) == (
+        expected["n"],
+        expected["discs"],
+        expected["tasks"],
     )
-    lower_side, upper_side, specific = _localisation(
-        _hotspot_shares(untrained, discs, augment, copies)
-    )
-    assert not (lower_side > 1.2 and upper_side > 1.2 and specific >= 0.9)
+    for name in ("center_prior", "untrained", "shuffled"):
+        assert block["controls"][name]["value"] == pytest.approx(
+            expected["controls"][name]["value"], rel=1e-4
+        )
+    assert block["model"]["value"] == pytest.approx(expected["model"]["value"], rel=1e-4)
+    prior = center_prior_maps(np.stack(units["masks"]))
+    block, _ = slice_localisation({**units, "model": list(prior)}, seed=SEED)
+    assert block["model"]["value"] == pytest.approx(block["controls"]["center_prior"]["value"])
+    assert not beats_controls(block, margin=HOTSPOT_MARGIN), block
 
 
 # ---------------------------------------------------------------------------- command line
@@ -318,13 +271,13 @@ def test_help_of_every_subcommand(command, capsys):
         assert "volumes.npy" in text and "SPIDER" in text and "masks" in text
 
 
-def test_cli_train_tiny_without_tta(trained, tmp_path):
+def test_cli_train_tiny_without_tta(plain_data, tmp_path):
     run = tmp_path / "run"
     code, out, err = run_module(
         "spinenet",
         "train",
         "--data-dir",
-        trained["data"],
+        plain_data,
         "--out-dir",
         run,
         "--epochs",
@@ -343,26 +296,27 @@ def test_cli_train_tiny_without_tta(trained, tmp_path):
     assert len(pd.read_csv(run / "history.csv")) == 1
 
 
-def test_cli_evaluate_h5_and_keras(trained, tmp_path, capsys):
+def test_cli_evaluate_h5_and_keras(trained, plain_data, tmp_path, capsys):
     code, out, err = run_module(
         "spinenet",
         "evaluate",
         "--model",
         trained["run"] / "model.h5",
         "--data-dir",
-        trained["data"],
+        plain_data,
         "--out-dir",
         tmp_path / "h5",
     )
     assert code == 0, err[-2000:]
     # .keras in this process, through the same entry point.
     args = ["evaluate", "--model", str(trained["run"] / "model.keras")]
-    args += ["--data-dir", str(trained["data"]), "--out-dir", str(tmp_path / "keras")]
+    args += ["--data-dir", str(plain_data), "--out-dir", str(tmp_path / "keras")]
     assert main(spinenet, args) == 0, capsys.readouterr().err
     expected = trained["metrics"]
     for suffix in ("h5", "keras"):
         metrics = json.loads((tmp_path / suffix / "metrics.json").read_text())
         assert metrics["discs"] == expected["discs"]
+        assert "localisation" not in metrics  # real data: no lesion truth, no block
         for task in TASKS:
             assert metrics["per_class_accuracy"][task] == pytest.approx(
                 expected["per_class_accuracy"][task]
@@ -432,12 +386,12 @@ def test_predict_input_forms(phantom_root, tmp_path):
     assert len(both) == 6 + 3  # duplicates removed
 
 
-def test_resume_continues_the_run(trained, tmp_path):
+def test_resume_continues_the_run(trained, plain_data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
     before = pd.read_csv(run / "history.csv")
     spinenet.train(
-        trained["data"],
+        plain_data,
         run,
         preset="demo",
         seed=SEED,
