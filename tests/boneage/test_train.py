@@ -167,6 +167,8 @@ def test_cam_beats_content_blind_controls(cli_run):
     share of the energy), with the block's paired bootstrap p < 0.05."""
     block = json.loads((cli_run["run"] / "metrics.json").read_text())["localisation"]
     assert (block["lesion"], block["unit"]) == ("hand", "image") and block["n"] >= 10, block
+    html = (cli_run["run"] / "report.html").read_text()
+    assert "Localisation: does the" in html  # the report shows the block and its panels
     assert beats_controls(block, margin=LOC_MARGIN), block
 
 

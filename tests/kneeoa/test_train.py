@@ -87,6 +87,8 @@ def test_att0_mask_beats_content_blind_controls(trained):
     block = json.loads((trained["run"] / "metrics.json").read_text())["localisation"]
     assert (block["branch"], block["lesion"], block["unit"]) == ("att0", "joint_space", "knee")
     assert block["n"] >= 20, block
+    html = (trained["run"] / "report.html").read_text()
+    assert "Localisation: does the" in html  # the report shows the block and its panels
     assert beats_controls(block, margin=LOC_MARGIN), block
 
 

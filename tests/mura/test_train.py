@@ -138,6 +138,8 @@ def test_cam_beats_content_blind_controls(trained):
     by LOC_MARGIN (absolute share of the energy), with the block's paired bootstrap p < 0.05."""
     block = json.loads((trained["run"] / "metrics.json").read_text())["localisation"]
     assert block["unit"] == "image" and block["n"] >= 20, block
+    html = (trained["run"] / "report.html").read_text()
+    assert "Localisation: does the" in html  # the report shows the block and its panels
     assert beats_controls(block, margin=LOC_MARGIN), block
 
 
