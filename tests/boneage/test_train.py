@@ -172,17 +172,16 @@ def test_cam_beats_content_blind_controls(cli_run):
     assert beats_controls(block, margin=LOC_MARGIN), block
 
 
-@pytest.mark.parametrize("control", ["center_prior", "untrained"])
-def test_a_content_blind_map_in_the_cams_place_fails(cli_run, trained_model, control):
+def test_a_content_blind_map_in_the_cams_place_fails(cli_run, trained_model):
     """The check above can fail: a map that ignores the image, handed in as the model's |CAM|,
     does not beat the controls."""
     config = model_config(trained_model, {})
     records = boneage.load_records(cli_run["data"], seed=0)
     scored = localisation_inputs(trained_model, records[records["split"] == "test"], config)
     masks, untrained = scored["masks"], scored["untrained"]
-    blind = {"center_prior": center_prior_maps(masks), "untrained": untrained}
-    block = localisation_block(blind[control], masks, untrained_maps=untrained)
-    assert not beats_controls(block, margin=LOC_MARGIN), block
+    for blind in (center_prior_maps(masks), untrained):  # maps that ignore the image
+        block = localisation_block(blind, masks, untrained_maps=untrained)
+        assert not beats_controls(block, margin=LOC_MARGIN), block
 
 
 # --------------------------------------------------------------------------- evaluate, predict

@@ -92,20 +92,17 @@ def test_att0_mask_beats_content_blind_controls(trained):
     assert beats_controls(block, margin=LOC_MARGIN), block
 
 
-@pytest.mark.parametrize("control", ["center_prior", "untrained"])
-def test_a_content_blind_map_in_the_models_place_fails(trained, control):
-    """The check above can fail: a map that ignores the knee, handed in as the model's, does not
-    beat the controls (the centre prior ties with itself; the untrained map loses to it)."""
+def test_a_content_blind_map_in_the_models_place_fails(trained):
+    """The check above can fail: a map that ignores the knee, handed in as the model's (the
+    centre prior, which ties with itself; the untrained network's), does not beat the controls."""
     model = load_model(trained["run"] / "model.keras")
     config = model_config(model, trained["run"] / "model.keras")
     records = kneeoa.load_records(trained["data"] / "kneeKL224", seed=0)
-    records = records[records["split"] == "test"]
-    scored = localisation_inputs(model, records, config)
-    blind = {"center_prior": center_prior_maps(scored["masks"]), "untrained": scored["untrained"]}
-    block = localisation_block(
-        blind[control], scored["masks"], untrained_maps=scored["untrained"], unit="knee"
-    )
-    assert not beats_controls(block, margin=LOC_MARGIN), block
+    scored = localisation_inputs(model, records[records["split"] == "test"], config)
+    masks, untrained = scored["masks"], scored["untrained"]
+    for blind in (center_prior_maps(masks), untrained):
+        block = localisation_block(blind, masks, untrained_maps=untrained, unit="knee")
+        assert not beats_controls(block, margin=LOC_MARGIN), block
 
 
 def test_cli_evaluate_both_formats_and_predict_with_explain(trained, tmp_path):

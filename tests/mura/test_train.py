@@ -143,8 +143,7 @@ def test_cam_beats_content_blind_controls(trained):
     assert beats_controls(block, margin=LOC_MARGIN), block
 
 
-@pytest.mark.parametrize("control", ["center_prior", "untrained"])
-def test_a_content_blind_map_in_the_cams_place_fails(trained, control):
+def test_a_content_blind_map_in_the_cams_place_fails(trained):
     """The check above can fail: a map that ignores the image, handed in as the model's CAM,
     does not beat the controls."""
     model = load_model(trained["run"] / "model.keras")
@@ -153,9 +152,9 @@ def test_a_content_blind_map_in_the_cams_place_fails(trained, control):
     records = records[records["split"] == "test"]
     scored = localisation_inputs([model], records, config)
     masks, untrained = scored["masks"], scored["untrained"]
-    blind = {"center_prior": center_prior_maps(masks), "untrained": untrained}
-    block = localisation_block(blind[control], masks, untrained_maps=untrained)
-    assert not beats_controls(block, margin=LOC_MARGIN), block
+    for blind in (center_prior_maps(masks), untrained):  # maps that ignore the image
+        block = localisation_block(blind, masks, untrained_maps=untrained)
+        assert not beats_controls(block, margin=LOC_MARGIN), block
 
 
 # --------------------------------------------------------------------------- evaluate, predict
