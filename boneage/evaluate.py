@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 
 from boneage.data import load_records
 from boneage.data import make_dataset
+from boneage.explain import MAP_NAME
 from boneage.explain import class_activation_map
+from boneage.explain import localisation
 from boneage.model import BoneAgeConfig
 from boneage.model import get_config
 from common import metrics as M
@@ -272,7 +274,8 @@ def evaluate_model(
     """Evaluates `model` on `records` (one labelled split) and writes the evaluation files.
 
     Writes `metrics.json` (CONTRACT.md keys and more, intervals under "ci", the RSNA figures under
-    "rsna_reference"), `predictions.csv` (one row per image: file name, sex, true and predicted
+    "rsna_reference"; on phantoms "localisation", the |CAM| on the hand against content-blind
+    controls, `boneage.explain`), `predictions.csv` (one row per image: file name, sex, true and predicted
     age, error) and `report.html` (metrics beside the RSNA figures, Fig. 3-style scatter,
     Bland–Altman, error by age and by sex, learning curves, CAMs).
 
@@ -303,6 +306,9 @@ def evaluate_model(
     groups = records["patient_id"].astype(str).to_numpy()
     metrics = age_metrics(y_true, y_pred, male, train_mean_months, groups=groups, seed=seed)
     metrics["rsna_reference"] = dict(RSNA_REFERENCE)
+    scored = localisation(model, records, config)  # phantoms only (boneage.explain)
+    if scored is not None:
+        metrics["localisation"] = scored[0]
     frame = pd.DataFrame(
         {
             "image": [data_name(p, out_dir) for p in records["image_path"]],
@@ -325,6 +331,7 @@ def evaluate_model(
         history_path=history_path,
         cams=_sample_cams(model, records, config),
         data_path=data_path,
+        localisation_scores=scored,
     )
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
     reports.write_csv(output_path(out_dir, "predictions.csv"), frame)
@@ -340,7 +347,16 @@ def evaluate_model(
 
 
 def build_report(
-    metrics, y_true, y_pred, male, *, model_text, history_path=None, cams=(), data_path=None
+    metrics,
+    y_true,
+    y_pred,
+    male,
+    *,
+    model_text,
+    history_path=None,
+    cams=(),
+    data_path=None,
+    localisation_scores=None,
 ):
     """The evaluation report of a bone-age model from its numbers (what `evaluate_model` writes).
 
@@ -353,6 +369,8 @@ def build_report(
         history_path: the run's `history.csv`, if any.
         cams: `(png, caption)` CAM overlays.
         data_path: the data set's path, shown in the header.
+        localisation_scores: `(block, panels)` of `boneage.explain.localisation` (phantoms), or
+            None.
 
     Returns:
         The `common.reports.HTMLReport`.
@@ -434,6 +452,9 @@ def build_report(
     )
     if cams:
         report.add_images_grid(cams)
+    if localisation_scores is not None:
+        block, panels = localisation_scores
+        report.add_localisation(block, panels, what=MAP_NAME)
     return report
 
 

@@ -24,7 +24,6 @@ Choices (the paper is silent on all of them):
 from __future__ import annotations
 
 import cv2
-import keras
 import numpy as np
 
 from common import reports
@@ -32,6 +31,7 @@ from common.identifiers import report_caption
 from common.localisation import center_prior_maps
 from common.localisation import localisation_block
 from common.localisation import shuffled_maps
+from common.phantom_truth import untrained_copy  # noqa: F401  (the tests import it here)
 from deepra.columns import JOINT_MODELS
 from deepra.joints import explain_joint_model
 from deepra.synthetic import truth_masks_for_crops
@@ -68,12 +68,6 @@ def attention_maps(model, crops, batch_size=64):
         result = runner(crops[start : start + int(batch_size)], training=False)
         out.append(np.asarray(result["attention_mask"], np.float32)[..., 0])
     return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)
-
-
-def untrained_copy(model, seed=0):
-    """The same architecture with fresh weights (seeded), the `untrained` control."""
-    keras.utils.set_random_seed(int(seed))
-    return keras.models.clone_model(model)
 
 
 def attention_localisation(

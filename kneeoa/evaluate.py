@@ -23,6 +23,8 @@ from common.inference import output_path
 from common.progress import progress
 from kneeoa.data import load_records
 from kneeoa.data import make_dataset
+from kneeoa.explain import MAP_NAME
+from kneeoa.explain import localisation
 from kneeoa.model import TABLE1_ACCURACY
 from kneeoa.model import average_logits_probabilities
 from kneeoa.model import explain_model
@@ -145,6 +147,7 @@ def build_report(
     history_path=None,
     overlays=(),
     data_path=None,
+    localisation_panels=(),
 ):
     """The evaluation report of a KL grader from its numbers (what `evaluate_model` writes).
 
@@ -159,6 +162,8 @@ def build_report(
         history_path: the run's `history.csv`, if any.
         overlays: `(png, caption)` attention overlays, or a text saying why there are none.
         data_path: the data set's path, shown in the header.
+        localisation_panels: `(png, caption)` panels of the `localisation` block (drawn when
+            `values` holds one).
 
     Returns:
         The `common.reports.HTMLReport`.
@@ -214,6 +219,9 @@ def build_report(
     elif overlays:
         report.add_heading("Attention masks")
         report.add_images_grid(overlays)
+    if "localisation" in values:
+        block = values["localisation"]
+        report.add_localisation(block, localisation_panels, what=f"{block['branch']} {MAP_NAME}")
     return report
 
 
@@ -223,7 +231,8 @@ def evaluate_model(
     """Evaluates `model` on `records` (one split) and writes the run's evaluation files.
 
     Writes `metrics.json` (CONTRACT.md keys, `ci`, the averaged-logits ensemble of §4 under
-    `ensemble_accuracy`), `predictions.csv` (one row per knee: file, side, true KL, predicted KL
+    `ensemble_accuracy`; on phantoms `localisation`, the test branch's attention mask on the joint
+    space against content-blind controls, `kneeoa.explain`), `predictions.csv` (one row per knee: file, side, true KL, predicted KL
     of the test branch and of every branch, class probabilities) and `report.html`.
 
     Returns:
@@ -254,6 +263,10 @@ def evaluate_model(
     values["confusion_matrix"] = M.confusion_matrix(
         y_true, preds[test_branch], num_classes=5
     ).tolist()
+    scored = localisation(model, records, config)  # phantoms only (kneeoa.explain)
+    panels = ()
+    if scored is not None:
+        values["localisation"], panels = scored
     metrics = {**values, "ci": ci, "paper": PAPER_REFERENCE}
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
 
@@ -286,6 +299,7 @@ def evaluate_model(
         history_path=history_path,
         overlays=overlays,
         data_path=data_path or config.get("data_dir"),
+        localisation_panels=panels,
     )
     report.write(output_path(out_dir, "report.html"))
     if verbose:

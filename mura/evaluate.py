@@ -2,9 +2,11 @@
 
 A study's probability of abnormality is the arithmetic mean of its images' probabilities (MURA §3);
 it is called abnormal at 0.5. `metrics.json` holds, as CONTRACT.md says, `study_kappa`,
-`study_auroc`, `study_sensitivity`, `study_specificity` and `by_body_part` (`{part: {kappa, auroc,
-studies}}`), with 95% bootstrap intervals under `"ci"` (same keys) drawn by patient: all studies of
-a patient are resampled together (MURA patients have studies of several body parts).
+`study_auroc`, `study_accuracy` (the slides' metric), `study_sensitivity`, `study_specificity` and
+`by_body_part` (`{part: {kappa, auroc, studies}}`), with 95% bootstrap intervals under `"ci"` (same
+keys) drawn by patient: all studies of a patient are resampled together (MURA patients have studies
+of several body parts). On phantoms it adds `localisation`: the CAM on the drawn lesions against
+content-blind controls (`mura.explain.localisation`).
 
 `predict` takes image files (PNG, JPEG, DICOM) and folders and writes one row per study to
 `OUT/predictions.csv` (and one row per image to `OUT/image_predictions.csv`). A study is the set
@@ -55,6 +57,8 @@ from mura.data import load_records
 from mura.data import make_dataset
 from mura.data import study_probabilities
 from mura.ensemble import ensemble_members
+from mura.explain import MAP_NAME
+from mura.explain import localisation
 from mura.model import CAM_FEATURE_LAYER
 from mura.model import OUTPUT_NAME
 from mura.model import MURAConfig
@@ -82,7 +86,14 @@ PAPER_NOTE = (
     "MURA test-set figures (Rajpurkar et al. 2018, Table 2: the MURA paper's DenseNet-169 "
     "ensemble, overall kappa 0.705), not a measurement on this run's data (phantoms by default)"
 )
-METRIC_KEYS = ("study_kappa", "study_auroc", "study_sensitivity", "study_specificity")
+# The slides' (paper 004) own figure is accuracy; the MURA paper reports kappa, the ROC its AUROC.
+METRIC_KEYS = (
+    "study_kappa",
+    "study_auroc",
+    "study_accuracy",
+    "study_sensitivity",
+    "study_specificity",
+)
 _XR_PART = re.compile(r"^xr_([a-z]+)$", re.IGNORECASE)
 
 
@@ -231,10 +242,11 @@ def study_metrics(labels, probabilities, patients, body_parts, *, seed=0, n_boot
         n_boot: bootstrap resamples.
 
     Returns:
-        `(values, ci)`: `values` with `study_kappa`, `study_auroc`, `study_sensitivity`,
-        `study_specificity`, `by_body_part` (`{part: {"kappa", "auroc", "studies"}}`); `ci` with the
-        same keys (`[low, high]`; `by_body_part` without `studies`). Undefined values (a single
-        class) are NaN (`null` in JSON).
+        `(values, ci)`: `values` with `study_kappa`, `study_auroc`, `study_accuracy` (share of
+        studies called right at the threshold), `study_sensitivity`, `study_specificity`,
+        `by_body_part` (`{part: {"kappa", "auroc", "studies"}}`); `ci` with the same keys
+        (`[low, high]`; `by_body_part` without `studies`). Undefined values (a single class) are
+        NaN (`null` in JSON).
     """
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     prob = np.asarray(probabilities, dtype=np.float64).reshape(-1)
@@ -246,6 +258,7 @@ def study_metrics(labels, probabilities, patients, body_parts, *, seed=0, n_boot
         values, ci = metrics_with_ci(
             {
                 "study_kappa": M.cohen_kappa,
+                "study_accuracy": M.accuracy,
                 "study_sensitivity": M.sensitivity,
                 "study_specificity": M.specificity,
             },
@@ -375,6 +388,7 @@ def build_report(
     overlays=(),
     title="MURA abnormality detection: evaluation",
     data_path=None,
+    localisation_scores=None,
 ):
     """The evaluation report of a MURA model from its study-level numbers (`evaluate_model`'s).
 
@@ -388,6 +402,8 @@ def build_report(
         overlays: `(png, caption)` CAM overlays.
         title: the report's title.
         data_path: the data set's path, shown in the header.
+        localisation_scores: `(block, panels)` of `mura.explain.localisation` (phantoms), or
+            None.
 
     Returns:
         The `common.reports.HTMLReport`.
@@ -445,6 +461,9 @@ def build_report(
     if overlays:
         report.add_heading("Class activation maps (last dense block through GAP) on sample studies")
         report.add_images_grid(overlays)
+    if localisation_scores is not None:
+        block, panels = localisation_scores
+        report.add_localisation(block, panels, what=MAP_NAME)
     return report
 
 
@@ -496,6 +515,7 @@ def evaluate_model(
         with_cam=True,
         desc="evaluate" if verbose else None,
     )
+    scored = localisation(members, records, config, cams)  # phantoms only (mura.explain)
     studies = study_probabilities(records, probs)
     values, ci = study_metrics(
         studies["label"], studies["probability"], studies["patient_id"], studies["body_part"],
@@ -515,6 +535,8 @@ def evaluate_model(
             "note": PAPER_NOTE,
         },
     }
+    if scored is not None:
+        metrics["localisation"] = scored[0]
     reports.write_json(output_path(out_dir, "metrics.json"), metrics)
 
     table = pd.DataFrame(
@@ -540,6 +562,7 @@ def evaluate_model(
         overlays=_cam_overlays(records, studies, probs, cams),
         title=title,
         data_path=data_path,
+        localisation_scores=scored,
     )
     report.write(output_path(out_dir, "report.html"))
     if verbose:

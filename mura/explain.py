@@ -12,9 +12,19 @@ Reference:
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
+from common.identifiers import report_caption
+from common.image_io import read_image
+from common.localisation import localisation_block
+from common.phantom_truth import MAX_SCORED
+from common.phantom_truth import localisation_panels
+from common.phantom_truth import match_truth
+from common.phantom_truth import read_mask
+from common.phantom_truth import scored_subset
+from common.phantom_truth import untrained_copy
 from mura.model import CAM_FEATURE_LAYER
 from mura.model import OUTPUT_NAME
 from mura.model import explain_model
@@ -83,3 +93,99 @@ def class_activation_map(model, image, *, upsample=True, normalize=False, return
     if single:
         cam, probability = cam[0], float(probability[0])
     return (cam, probability) if return_probability else cam
+
+
+# --------------------------------------------------------------------------- localisation (15.1)
+
+UNTRAINED_SEED = 1
+MAP_NAME = "CAM"
+
+
+def localisation_inputs(members, records, config, cams=None, *, limit=None, seed=UNTRAINED_SEED):
+    """What the `localisation` block scores, on phantom images that show a lesion.
+
+    The map is the one `evaluate` and `predict` draw: the CAM (mean over the ensemble's members),
+    clipped at 0 by the score (positive = evidence of abnormality). Scored: the evaluated
+    abnormal images whose lesion the phantom drew (`_phantom_truth/index.csv` lists exactly those:
+    a fracture, an implant or a lytic lesion, shown on each view of an abnormal study with
+    probability 0.9), at most `limit`.
+    The lesion masks are stretched to the model's input like the images (`mura.data`).
+
+    Args:
+        members: the evaluated model(s).
+        records: the evaluated images (`image_path`).
+        config: the models' `MURAConfig`.
+        cams: the members' mean CAMs of `records` on the feature grid, if already computed.
+        limit: at most this many images (default `common.phantom_truth.MAX_SCORED`).
+        seed: seed of the untrained control's weights (`untrained_copy` of the first member).
+
+    Returns:
+        dict with `maps`, `untrained`, `masks` (bool, input grid), `images` (gray, input grid, for
+        the panels), `records` (the scored rows), or None without phantom truth.
+    """
+    from mura.evaluate import make_forward  # mura.evaluate imports this module
+    from mura.evaluate import run_forward
+
+    records = records.reset_index(drop=True)
+    root, positions, rows = match_truth(records["image_path"], None)
+    if root is None:
+        return None
+    abnormal = records["label"].to_numpy()[positions] == 1 if "label" in records else True
+    positions, rows = positions[abnormal], rows[abnormal]
+    if len(positions) < 2:
+        return None
+    keep = scored_subset(len(positions), MAX_SCORED if limit is None else limit)
+    subset = records.iloc[positions[keep]].reset_index(drop=True)
+    rows = rows.iloc[keep]
+    if cams is None:
+        _, maps = run_forward(make_forward(members, with_cam=True), subset, config, with_cam=True)
+    else:
+        maps = np.asarray(cams)[positions[keep]]
+    twin = untrained_copy(members[0], seed)
+    _, untrained = run_forward(make_forward([twin], with_cam=True), subset, config, with_cam=True)
+    height, width = (int(v) for v in config.input_shape[:2])
+    masks = np.stack([read_mask(root, rel, size_hw=(height, width)) for rel in rows["mask"]])
+    images = np.stack(
+        [
+            cv2.resize(read_image(p), (width, height), interpolation=cv2.INTER_AREA)
+            for p in subset["image_path"]
+        ]
+    )
+    return {
+        "maps": maps,
+        "untrained": untrained,
+        "masks": masks,
+        "images": images,
+        "records": subset,
+        "kinds": rows["kind"].tolist(),
+    }
+
+
+def localisation(members, records, config, cams=None, *, seed=UNTRAINED_SEED):
+    """The `localisation` block and report panels of a MURA model on phantom lesions.
+
+    Returns:
+        `(block, panels)`, or None where `localisation_inputs` is None. Arguments as there.
+    """
+    scored = localisation_inputs(members, records, config, cams, seed=seed)
+    if scored is None:
+        return None
+    subset = scored["records"]
+    groups = subset["patient_id"].astype(str).to_numpy() if "patient_id" in subset else None
+    block = localisation_block(
+        scored["maps"],
+        scored["masks"],
+        untrained_maps=scored["untrained"],
+        groups=groups,
+        unit="image",
+    )
+    block.update(lesion="the drawn lesion of abnormal images", untrained_seed=int(seed))
+    parts = subset["body_part"] if "body_part" in subset else [""] * len(subset)
+    captions = [
+        f"{part} {report_caption(p)}: {kind}".strip()
+        for p, part, kind in zip(subset["image_path"], parts, scored["kinds"], strict=True)
+    ]
+    panels = localisation_panels(
+        scored["images"], scored["masks"], scored["maps"], scored["untrained"], captions=captions
+    )
+    return block, panels

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common import phantom_truth
 from spinenet.augment import VolumeAugmentConfig
 from spinenet.augment import augment_volumes
 from spinenet.augment import invert_maps
@@ -364,8 +365,7 @@ def untrained_copy(model, seed=0):
     The input means (`mean_subtraction`, fixed preprocessing computed from the training split,
     not learnt) are copied from `model`, so that the control differs in its learnt weights only.
     """
-    keras.utils.set_random_seed(int(seed))
-    fresh = keras.models.clone_model(model)
+    fresh = phantom_truth.untrained_copy(model, seed)
     try:
         fresh.get_layer("mean_subtraction").set_weights(
             model.get_layer("mean_subtraction").get_weights()

@@ -213,12 +213,16 @@ class HTMLReport:
             caption=f"Share of the map's energy inside the phantom's lesion mask, per "
             f"{block['unit']} (n = {block['n']}); brackets: 95% bootstrap interval",
         )
+        short = {
+            "model": "model",
+            "chance": "chance",
+            "center_prior": "centre\nprior",
+            "untrained": "untrained",
+            "shuffled": "other\nimage",
+        }
         self.add_image(
             plots.plot_bars(
-                {
-                    names[key].split(" (")[0].replace("control: ", ""): {"score": entry["value"]}
-                    for key, entry in entries.items()
-                },
+                {short[key]: {"score": entry["value"]} for key, entry in entries.items()},
                 ylabel="energy inside the lesion",
             ),
             caption="The model's map against maps that cannot see the image",

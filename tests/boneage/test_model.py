@@ -193,12 +193,43 @@ def test_demo_forward_pass(demo_model):
     assert demo_model.count_params() < 2_000_000  # small enough for a 2-core CPU
 
 
+def _head_by_hand(model, pooled, sex):
+    """The demo's head after GAP in float64 NumPy: sex_dense (ReLU), concat, hidden_dense (ReLU),
+    age_months; from the layers' weights, so that the model's own graph is not reused."""
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("sex_dense").get_weights())
+    x = np.concatenate([pooled, relu(sex @ kernel + bias)], axis=1)
+    kernel, bias = (
+        np.asarray(w, np.float64) for w in model.get_layer("hidden_dense").get_weights()
+    )
+    x = relu(x @ kernel + bias)
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("age_months").get_weights())
+    return (x @ kernel + bias)[:, 0]
+
+
 def test_sex_input_changes_prediction(demo_model):
+    """The same image read as a boy's and as a girl's: the two ages differ by exactly what the
+    head makes of the sex features (computed by hand from the weights), and by far more than the
+    float32 rounding of the output; with the sex layer's weights zeroed (sex ignored) the
+    difference is 0, so the check fails when the sex input is cut off."""
     config = boneage_model.PRESETS["demo"]
     batch = _batch(config)
     batch["image"][1] = batch["image"][0]
-    out = demo_model(batch, training=False)["age_months"].numpy()
-    assert not np.isclose(out[0, 0], out[1, 0])  # same image, different sex
+    out = demo_model(batch, training=False)["age_months"].numpy()[:, 0].astype(np.float64)
+    pooled = np.asarray(boneage_model.explain_model(demo_model)(batch, training=False)["gap"])
+    expected = _head_by_hand(demo_model, pooled.astype(np.float64), batch["sex"].astype(np.float64))
+    # a few float32 ulps of the output (about 127 months at initialisation: the output bias)
+    rounding = 16 * np.finfo(np.float32).eps * np.abs(out).max()
+    np.testing.assert_allclose(out[0] - out[1], expected[0] - expected[1], rtol=1e-3, atol=rounding)
+    assert abs(out[0] - out[1]) > 10 * rounding, (out, rounding)
+    layer = demo_model.get_layer("sex_dense")
+    saved = layer.get_weights()
+    try:
+        layer.set_weights([np.zeros_like(w) for w in saved])
+        cut = demo_model(batch, training=False)["age_months"].numpy()[:, 0]
+    finally:
+        layer.set_weights(saved)
+    assert abs(float(cut[0] - cut[1])) <= rounding
 
 
 @pytest.mark.parametrize("seed", [0])

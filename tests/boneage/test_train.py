@@ -14,14 +14,16 @@ from boneage.evaluate import band_labels
 from boneage.evaluate import model_config
 from boneage.evaluate import read_sex_csv
 from boneage.evaluate import resolve_sexes
-from boneage.explain import cam_mass_fraction
-from boneage.explain import class_activation_map
+from boneage.explain import localisation_inputs
 from common import phantoms
 from common.cli import SUBCOMMANDS
 from common.cli import main
 from common.errors import DataError
 from common.export import load_model
 from common.image_io import read_image
+from common.localisation import beats_controls
+from common.localisation import center_prior_maps
+from common.localisation import localisation_block
 from common.testing import TestCase
 from common.testing import run_module
 from common.verify import INSPECT_FILE_KEYS
@@ -32,10 +34,8 @@ from common.verify import INSPECT_FILE_KEYS
 NUM_SUBJECTS = 160
 EPOCHS = 8
 BATCH = 8
-# The CAM test's margins (mass share minus area share of the hand): measured 0.056 at least and
-# 0.095 on average for this run.
-PER_IMAGE_MARGIN = 0.02
-MEAN_MARGIN = 0.05
+# The |CAM| must beat every content-blind control by this share of its energy on the hand.
+LOC_MARGIN = 0.05
 CONTRACT_FILES = (
     "model.h5",
     "model.keras",
@@ -81,13 +81,6 @@ def cli_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_model(cli_run):
     return load_model(cli_run["run"] / "model.keras")
-
-
-def _held_out(cli_run):
-    """Every image the run did not train on (val, test, and the Kaggle test CSV without ages)."""
-    records = boneage.load_records(cli_run["data"], seed=0)
-    held_out = records[records["split"] != "train"]
-    return held_out.assign(age_months=held_out["age_months"].fillna(0.0))  # ages unused here
 
 
 # --------------------------------------------------------------------------- the run's files
@@ -169,50 +162,39 @@ def test_demo_model_beats_the_mean_predictor(cli_run):
 # --------------------------------------------------------------------------- CAM on the hand
 
 
-def test_cam_mass_lies_on_the_hand(cli_run, trained_model):
-    """Issue 7 (§VI, Fig. 4): the class activation map's mass lies on the hand, not the background.
+def test_localisation_block_in_metrics_and_report(cli_run):
+    """Issue 15.1: evaluate on phantoms writes the `localisation` block and the report shows it."""
+    block = json.loads((cli_run["run"] / "metrics.json").read_text())["localisation"]
+    assert (block["lesion"], block["unit"]) == ("hand", "image") and block["n"] >= 10, block
+    html = (cli_run["run"] / "report.html").read_text()
+    assert "Localisation: does the" in html  # the report shows the block and its panels
 
-    What this proves: on the phantoms the model did not train on (validation, test and the
-    Kaggle test CSV), the |CAM| of the trained model's last block through GAP (relative to an
-    empty film, `boneage.explain`), resized to the image, puts a share of its mass inside the
-    drawn hand (soft tissue and bones, `_phantom_truth/masks/*_hand.png`, ~27% of the image) that
-    exceeds the hand's share of the image area by at least PER_IMAGE_MARGIN in at least 90% of
-    the images, and by at least MEAN_MARGIN on average. So the predicted age is read off the hand
-    (the model did not learn to read it off the film border or the side marker), and the map
-    pipeline (feature map, head weights, upsampling) is aligned with the image: a transposed,
-    flipped or shifted map fails.
 
-    What it does not prove: that training put the map there. Relative to an empty film only image
-    content moves the features, so an untrained network of the demo's architecture also puts
-    0.26-0.43 of the mass on the hand (measured over random initialisations; trained: ~0.37
-    here, ~0.39 after `make train-boneage`). Nor does it single out growth plates or carpals: the
-    demo's 10 x 8 map has a few cells over the hand. (The 4 x 3 map of a 192 x 160 input with the
-    stem's first max pooling only leaned to the hand: 30% of the mass on 25% of the area.)
-    """
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 15.1, measured on this fixture: the |CAM| scores 0.348 of its energy on the hand (chance 0.264), the centre prior 0.703 (p = 1.0); strict: remove this mark when "
+    "the map wins",
+)
+def test_cam_beats_content_blind_controls(cli_run):
+    """Issue 15.1: on the held-out phantoms the |CAM| (relative to an empty film, as the report
+    draws it) puts more of its energy on the hand than the centre prior (the mean hand mask of
+    the other images), the untrained network and another image's map, by LOC_MARGIN (absolute
+    share of the energy), with the block's paired bootstrap p < 0.05."""
+    block = json.loads((cli_run["run"] / "metrics.json").read_text())["localisation"]
+    assert beats_controls(block, margin=LOC_MARGIN), block
+
+
+def test_a_content_blind_map_in_the_cams_place_fails(cli_run, trained_model):
+    """The check above can fail: a map that ignores the image, handed in as the model's |CAM|,
+    does not beat the controls."""
     config = model_config(trained_model, {})
-    records = _held_out(cli_run)
-    dataset = boneage.make_dataset(
-        records, config=config, training=False, batch_size=64, cache=False
-    )
-    cams = []
-    for batch in dataset:
-        inputs = batch[0] if isinstance(batch, tuple) else batch
-        maps, _ = class_activation_map(
-            trained_model, np.asarray(inputs["image"]), np.asarray(inputs["sex"]), upsample=False
-        )
-        cams.extend(maps)
-    assert tuple(cams[0].shape) == (10, 8)  # the demo's last block
-    shares, areas = [], []
-    for cam, image_path in zip(cams, records["image_path"], strict=True):
-        stem = Path(image_path).stem
-        hand = read_image(cli_run["data"] / "_phantom_truth" / "masks" / f"{stem}_hand.png") > 0.5
-        cam = cv2.resize(np.abs(cam), hand.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        shares.append(cam_mass_fraction(cam, hand))
-        areas.append(float(hand.mean()))
-    shares, areas = np.array(shares), np.array(areas)
-    assert len(shares) >= 30
-    assert np.mean(shares > areas + PER_IMAGE_MARGIN) >= 0.9, (shares, areas)
-    assert np.mean(shares - areas) >= MEAN_MARGIN, (shares.mean(), areas.mean())
+    records = boneage.load_records(cli_run["data"], seed=0)
+    scored = localisation_inputs(trained_model, records[records["split"] == "test"], config)
+    masks, untrained = scored["masks"], scored["untrained"]
+    for blind in (center_prior_maps(masks), untrained):  # maps that ignore the image
+        block = localisation_block(blind, masks, untrained_maps=untrained)
+        assert not beats_controls(block, margin=LOC_MARGIN), block
 
 
 # --------------------------------------------------------------------------- evaluate, predict
@@ -284,17 +266,35 @@ def test_cli_predict_with_sex_csv_explain_and_dicom(cli_run, tmp_path):
     assert len(list(out.glob("*_cam.png"))) == 5
 
 
-def test_sex_input_changes_the_age(trained_model):
-    """The sex input matters: the same image read as a boy's and as a girl's gives two ages."""
-    height, width = trained_model.inputs[0].shape[1:3]
-    image = np.random.default_rng(0).uniform(size=(1, height, width, 1)).astype("float32")
-    ages = [
-        float(
-            trained_model({"image": image, "sex": np.array([[s]], "float32")})["age_months"][0, 0]
-        )
-        for s in (1.0, 0.0)
-    ]
-    assert ages[0] != ages[1]
+def test_trained_model_reads_a_girls_hand_as_younger(cli_run, trained_model):
+    """The sex input carries what the phantoms put in it: a girl's skeleton matures 228/204 times
+    faster (`boneage.synthetic.GIRL_MATURITY_FACTOR`), so the same hand is a younger girl's than
+    boy's. Read as a boy's and as a girl's, every held-out phantom gets two ages; their mean
+    difference (boy minus girl) must be positive with its 99% bootstrap interval above 0. A sex
+    input cut off gives 0; one learned the wrong way round gives a negative difference.
+
+    Measured (this module's 8-epoch run, 37 held-out images): +0.34 months on average, positive
+    on 62% of the images, against the ~14 months the phantoms' factor implies: the short run has
+    learned the direction, not yet the size.
+    """
+    config = model_config(trained_model, {})
+    records = boneage.load_records(cli_run["data"], seed=0)
+    records = records[records["split"] != "train"]
+    records = records.assign(age_months=records["age_months"].fillna(0.0))  # ages unused here
+    dataset = boneage.make_dataset(records, config=config, training=False, batch_size=64)
+    differences = []
+    for batch in dataset:
+        image = np.asarray((batch[0] if isinstance(batch, tuple) else batch)["image"])
+        ages = [
+            trained_model({"image": image, "sex": np.full((len(image), 1), s, "float32")})
+            for s in (1.0, 0.0)
+        ]
+        differences.append(np.asarray(ages[0]["age_months"] - ages[1]["age_months"])[:, 0])
+    differences = np.concatenate(differences)
+    assert len(differences) >= 30
+    rng = np.random.default_rng(0)
+    boot = differences[rng.integers(0, len(differences), (2000, len(differences)))].mean(axis=1)
+    assert np.quantile(boot, 0.005) > 0, (differences.mean(), np.quantile(boot, [0.005, 0.995]))
 
 
 # --------------------------------------------------------------------------- CLI shape

@@ -333,14 +333,30 @@ def test_make_dataset_three_channels(folders_sample):
     assert list(targets) == ["att0"]
 
 
-def test_histogram_equalisation(oai_sample):
-    records = data.read_records(oai_sample).iloc[:1]
+def test_histogram_equalisation(tmp_path):
+    """The pipeline equalises the histogram (gray level -> its rank), which a min-max stretch of
+    the range does not: three levels, the middle one on 80% of the knee, are written at the
+    demo's input size (no resampling) and read back with and without equalisation."""
+    height, width = resolve_config("demo")["image_size_hw"]
+    img = np.full((height, width), 0.15, dtype=np.float32)
+    dark, bright = height // 10, height - height // 10
+    img[:dark], img[bright:] = 0.1, 0.9
+    records = _records([phantoms.write_png(tmp_path / "k.png", img, bits=16)], [0])
     plain = resolve_config("demo", histogram_equalization=False)
     equal = resolve_config("demo")
     raw = next(iter(data.make_dataset(records, config=plain, training=False, batch_size=1)))[0]
     eq = next(iter(data.make_dataset(records, config=equal, training=False, batch_size=1)))[0]
-    # the sample knee has two dim gray levels (0.1 and 0.2): equalised they reach 1
-    assert float(raw.numpy().max()) < 0.95 and float(eq.numpy().max()) == 1.0
+    raw, eq = raw.numpy()[0, ..., 0], eq.numpy()[0, ..., 0]
+    np.testing.assert_allclose(raw[height // 2, 0], 0.15, atol=1e-3)  # read as written
+    # equalised: the middle level goes to its share of the cumulative histogram,
+    # (cdf - cdf_min) / (N - cdf_min), with cdf_min the dark rows' count
+    n, n_dark = height * width, dark * width
+    expected = (bright * width - n_dark) / (n - n_dark)
+    np.testing.assert_allclose(eq[height // 2, 0], expected, atol=1e-3)
+    assert eq[0, 0] == 0.0 and eq[-1, 0] == 1.0
+    # a min-max stretch of the same image would put it at 0.0625 instead
+    stretched = (raw - raw.min()) / (raw.max() - raw.min())
+    assert abs(stretched[height // 2, 0] - expected) > 0.5
 
 
 def test_training_flips_and_is_seeded(tmp_path):

@@ -3,22 +3,27 @@
 import json
 
 import cv2
-import numpy as np
 import pandas as pd
 import pytest
 
 import kneeoa
 from common.cli import main
 from common.export import load_model
+from common.localisation import beats_controls
+from common.localisation import center_prior_maps
+from common.localisation import localisation_block
 from common.testing import run_module
 from kneeoa.evaluate import model_config
-from kneeoa.model import explain_model
+from kneeoa.explain import localisation_inputs
 from kneeoa.synthetic import write_phantom_dataset
 
 # Small and quick: 10 epochs of batch 8 on ~150 training knees (about a minute). Early stopping is
 # off here because the 16-knee validation split is too noisy to stop on; `make train-knee` trains
 # the demo preset as it is on 800 knees.
 EPOCHS = 10
+# The att0 mask must beat every content-blind control by this share of its energy (see the
+# localisation test; measured below in the helper's report).
+LOC_MARGIN = 0.05
 FAST = {"batch_size": 8, "early_stopping_patience": 20, "reduce_lr_patience": 3}
 
 
@@ -75,26 +80,40 @@ def test_demo_model_learns_the_phantom_grades(trained):
     assert trained["metrics"]["kappa_quadratic"] >= 0.5, trained["metrics"]
 
 
-def test_att0_mask_points_at_the_joint_space(trained):
-    """Issue 4: att0 puts at least twice its area share of mass inside the joint-space region."""
-    data = trained["data"]
-    truth = pd.read_csv(data / "_phantom_truth" / "index.csv")
-    truth = truth[(truth["kind"] == "joint_space") & truth["image"].str.contains("/test/")]
+def test_localisation_block_in_metrics_and_report(trained):
+    """Issue 15.1: evaluate on phantoms writes the `localisation` block and the report shows it."""
+    block = json.loads((trained["run"] / "metrics.json").read_text())["localisation"]
+    assert (block["branch"], block["lesion"], block["unit"]) == ("att0", "joint_space", "knee")
+    assert block["n"] >= 20, block
+    html = (trained["run"] / "report.html").read_text()
+    assert "Localisation: does the" in html  # the report shows the block and its panels
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 15.1, measured on this fixture: the att0 mask scores 0.068 of its energy on the joint space (chance 0.029), the centre prior 0.385 (p = 1.0): the phantoms put the joint in nearly the same place on every film; strict: remove this mark when "
+    "the map wins",
+)
+def test_att0_mask_beats_content_blind_controls(trained):
+    """Issue 15.1: on held-out phantom knees the att0 mask puts more of its energy on the joint
+    space than the centre prior, the untrained network and another knee's mask, by LOC_MARGIN
+    (absolute share of the energy) with the block's paired bootstrap p < 0.05."""
+    block = json.loads((trained["run"] / "metrics.json").read_text())["localisation"]
+    assert beats_controls(block, margin=LOC_MARGIN), block
+
+
+def test_a_content_blind_map_in_the_models_place_fails(trained):
+    """The check above can fail: a map that ignores the knee, handed in as the model's (the
+    centre prior, which ties with itself; the untrained network's), does not beat the controls."""
     model = load_model(trained["run"] / "model.keras")
     config = model_config(model, trained["run"] / "model.keras")
-    records = pd.DataFrame(
-        {"path": [str(data / p) for p in truth["image"]], "crop": "full", "kl": truth["kl"]}
-    )
-    ds = kneeoa.make_dataset(records, config=config, training=False, batch_size=32)
-    masks = np.concatenate([np.asarray(explain_model(model)(x)["att0_mask"]) for x, _ in ds])
-    ratios = []
-    for mask, mask_path in zip(masks[..., 0], truth["mask"]):
-        region = cv2.imread(str(data / mask_path), cv2.IMREAD_GRAYSCALE).astype("float32") / 255
-        region = cv2.resize(region, mask.shape[::-1], interpolation=cv2.INTER_AREA)
-        mass_share = float((mask * region).sum() / mask.sum())
-        area_share = float(region.mean())
-        ratios.append(mass_share / area_share)
-    assert np.mean(ratios) >= 2.0, np.mean(ratios)
+    records = kneeoa.load_records(trained["data"] / "kneeKL224", seed=0)
+    scored = localisation_inputs(model, records[records["split"] == "test"], config)
+    masks, untrained = scored["masks"], scored["untrained"]
+    for blind in (center_prior_maps(masks), untrained):
+        block = localisation_block(blind, masks, untrained_maps=untrained, unit="knee")
+        assert not beats_controls(block, margin=LOC_MARGIN), block
 
 
 def test_cli_evaluate_both_formats_and_predict_with_explain(trained, tmp_path):

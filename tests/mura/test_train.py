@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
 
 import mura
 from common.cli import SUBCOMMANDS
@@ -17,6 +16,9 @@ from common.cli import build_parser
 from common.cli import main
 from common.export import load_model
 from common.image_io import read_image
+from common.localisation import beats_controls
+from common.localisation import center_prior_maps
+from common.localisation import localisation_block
 from common.testing import run_module
 from common.verify import INSPECT_FILE_KEYS
 from mura.ensemble import read_index
@@ -25,6 +27,7 @@ from mura.evaluate import RADIOLOGIST_KAPPA
 from mura.evaluate import make_forward
 from mura.evaluate import model_config
 from mura.evaluate import run_forward
+from mura.explain import localisation_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Group .* one class gets weight 0:UserWarning")
 
@@ -45,7 +48,15 @@ OVERRIDES = [
 ]
 TRAIN_ARGS = ["--epochs", str(EPOCHS), "--batch-size", "16"]
 TRAIN_ARGS += [arg for item in OVERRIDES for arg in ("--set", item)]
-METRIC_KEYS = {"study_kappa", "study_auroc", "study_sensitivity", "study_specificity"}
+METRIC_KEYS = {
+    "study_kappa",
+    "study_auroc",
+    "study_accuracy",
+    "study_sensitivity",
+    "study_specificity",
+}
+# The CAM must beat every content-blind control by this share of its energy.
+LOC_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -121,44 +132,40 @@ def test_model_learns_the_phantoms(trained):
     assert metrics["study_auroc"] >= 0.75, metrics["study_auroc"]
 
 
-def _lesion_hits(model_path, data):
-    """Per abnormal valid image: does the CAM's peak cell overlap the lesion box, and its chance."""
-    model = load_model(model_path)
-    config, _ = model_config(model, model_path)
-    truth = pd.read_csv(data / "_phantom_truth" / "index.csv")
-    truth = truth[truth["image"].str.contains("/valid/")].reset_index(drop=True)
-    records = pd.DataFrame({"image_path": [str(data / p) for p in truth["image"]]})
-    _, cams = run_forward(make_forward([model], with_cam=True), records, config, with_cam=True)
-    hits, chance = [], []
-    for row, cam in zip(truth.itertuples(), cams, strict=True):
-        height, width = read_image(data / row.image).shape
-        rows, cols = cam.shape
-        cell_h, cell_w = height / rows, width / cols
-        # Cell (i, j) covers [j*cell_w, (j+1)*cell_w) x [i*cell_h, (i+1)*cell_h) of the image
-        # (the model reads the whole image stretched to its input).
-        over_x = [(j * cell_w < row.x1) and ((j + 1) * cell_w > row.x0) for j in range(cols)]
-        over_y = [(i * cell_h < row.y1) and ((i + 1) * cell_h > row.y0) for i in range(rows)]
-        i, j = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        hits.append(bool(over_x[j] and over_y[i]))
-        chance.append(sum(over_x) * sum(over_y) / (rows * cols))
-    return np.array(hits), np.array(chance)
+def test_localisation_block_in_metrics_and_report(trained):
+    """Issue 15.1: evaluate on phantoms writes the `localisation` block and the report shows it."""
+    block = json.loads((trained["run"] / "metrics.json").read_text())["localisation"]
+    assert block["unit"] == "image" and block["n"] >= 20, block
+    html = (trained["run"] / "report.html").read_text()
+    assert "Localisation: does the" in html  # the report shows the block and its panels
 
 
-def test_cam_peak_falls_on_the_drawn_lesion(trained):
-    """Issue 8: on abnormal phantoms the CAM peak falls inside the lesion's box far more often
-    than chance.
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 15.1, measured on this fixture: the CAM scores 0.027 of its energy on the lesion (chance 0.008), the centre prior 0.036 (p = 0.98); strict: remove this mark when "
+    "the map wins",
+)
+def test_cam_beats_content_blind_controls(trained):
+    """Issue 15.1: on the abnormal held-out phantoms the CAM puts more of its (positive) energy
+    inside the drawn lesion than the centre prior, the untrained network and another image's CAM,
+    by LOC_MARGIN (absolute share of the energy), with the block's paired bootstrap p < 0.05."""
+    block = json.loads((trained["run"] / "metrics.json").read_text())["localisation"]
+    assert beats_controls(block, margin=LOC_MARGIN), block
 
-    Margin: the peak is a cell of the CAM grid (10x10 here); it counts as inside when that cell
-    overlaps the lesion's box (the box grown by half a cell on every side contains the cell's
-    centre). Chance: the fraction of the grid's cells that overlap the box, i.e. the hit rate of a
-    peak drawn uniformly over the cells, averaged over the images.
-    """
-    hits, chance = _lesion_hits(trained["run"] / "model.keras", trained["data"])
-    assert len(hits) >= 40
-    rate, expected = hits.mean(), chance.mean()
-    assert rate >= 2.5 * expected, (rate, expected)
-    p_value = binomtest(int(hits.sum()), len(hits), expected, alternative="greater").pvalue
-    assert p_value < 1e-4, (rate, expected, p_value)
+
+def test_a_content_blind_map_in_the_cams_place_fails(trained):
+    """The check above can fail: a map that ignores the image, handed in as the model's CAM,
+    does not beat the controls."""
+    model = load_model(trained["run"] / "model.keras")
+    config, _ = model_config(model, trained["run"] / "model.keras")
+    records = mura.load_records(trained["data"], config=config)
+    records = records[records["split"] == "test"]
+    scored = localisation_inputs([model], records, config)
+    masks, untrained = scored["masks"], scored["untrained"]
+    for blind in (center_prior_maps(masks), untrained):  # maps that ignore the image
+        block = localisation_block(blind, masks, untrained_maps=untrained)
+        assert not beats_controls(block, margin=LOC_MARGIN), block
 
 
 # --------------------------------------------------------------------------- evaluate, predict
