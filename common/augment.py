@@ -132,14 +132,14 @@ def random_flip_left_right(image, seed, probability=0.5):
     """Mirror an image left-right with the given probability.
 
     Args:
-        image: float tensor (H, W, C).
+        image: float (or uint8/uint16) tensor (H, W, C).
         seed: int tensor of shape (2,).
         probability: chance of flipping (default 0.5).
 
     Returns:
-        float32 tensor of the same shape.
+        tensor of the same shape (float32, or the integer type it was given).
     """
-    image = _image(image)
+    image = _image_to_resize(image)  # uint8/uint16 stay integers
     flip = _uniform(seed, 0.0, 1.0) < probability
     return tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
 
@@ -148,14 +148,14 @@ def random_flip_up_down(image, seed, probability=0.5):
     """Mirror an image top-bottom with the given probability.
 
     Args:
-        image: float tensor (H, W, C).
+        image: float (or uint8/uint16) tensor (H, W, C).
         seed: int tensor of shape (2,).
         probability: chance of flipping (default 0.5).
 
     Returns:
-        float32 tensor of the same shape.
+        tensor of the same shape (float32, or the integer type it was given).
     """
-    image = _image(image)
+    image = _image_to_resize(image)  # uint8/uint16 stay integers
     flip = _uniform(seed, 0.0, 1.0) < probability
     return tf.cond(flip, lambda: tf.reverse(image, axis=[-3]), lambda: image)
 
@@ -529,6 +529,12 @@ class AugmentConfig:
         return float(self.equalize or 0.0)
 
     @property
+    def flips_only(self):
+        """Whether the configuration only mirrors (no warp, intensity change or equalisation):
+        then it works on integer images as well and keeps their type."""
+        return not (self.has_warp or self.intensity_delta or self.equalize_probability > 0)
+
+    @property
     def has_warp(self):
         """Whether any rotation, translation or zoom is asked for."""
         return bool(self.rotation_deg or any(self.translate_px) or tuple(self.zoom_range) != (1, 1))
@@ -550,7 +556,7 @@ def augment_fn(config):
     def fn(image, seed):
         seed = tf.random.experimental.stateless_fold_in(_seed(seed), int(config.seed))
         seeds = split_seed(seed, 7)
-        image = _image(image)
+        image = _image_to_resize(image) if config.flips_only else _image(image)
         if config.flip_lr:
             image = random_flip_left_right(image, seeds[0])
         if config.flip_ud:
@@ -894,6 +900,10 @@ def _finish(
         if buffer > 1:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     fn = _as_augment(augment) if training else None
+    # Flips only reorder pixels: they run on the cached integers (a quarter of the bytes of
+    # float32), and the cast to float32 and the gray-to-RGB repeat run once per batch, after
+    # batching, instead of once per example (the values are the same either way).
+    on_integers = isinstance(augment, AugmentConfig) and augment.flips_only
     if fn is not None:
         # The per-example seed is (a number from a seeded random stream that changes every epoch,
         # the example's index in `paths`): reproducible for `seed`, different from epoch to epoch.
@@ -902,25 +912,27 @@ def _finish(
         def apply(element, random_value):
             element = dict(element)
             example_seed = tf.stack([random_value, tf.cast(element["index"], tf.int64)])
-            image = dequantize(element["image"])  # the cache holds integers: float from here on
+            image = element["image"]
+            if not on_integers:
+                image = dequantize(image)  # the cache holds integers: float from here on
             element["image"] = tf.ensure_shape(fn(image, example_seed), example_shape)
             return element
 
         ds = tf.data.Dataset.zip((ds, stream)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def to_output(element):
-        image = dequantize(element["image"])
+    def to_output(batch):
+        images = dequantize(batch["image"])
         if channels == 3:
-            image = tf.repeat(image, 3, axis=-1)
-        out = (image,)
+            images = tf.repeat(images, 3, axis=-1)
+        out = (images,)
         if has_targets:
-            out += (element["targets"],)
+            out += (batch["targets"],)
         if has_weights:
-            out += (element["weights"],)
-        return out if len(out) > 1 else image
+            out += (batch["weights"],)
+        return out if len(out) > 1 else images
 
-    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True

@@ -449,3 +449,26 @@ def test_resolve_cache_auto_goes_to_a_file_above_the_limit(tmp_path):
     temporary = aug.resolve_cache("auto", dtype=tf.uint8, limit_bytes=10_000, **args)
     assert isinstance(temporary, str) and os.path.isdir(os.path.dirname(temporary))
     assert aug.resolve_cache(False, dtype=tf.uint8, **args) is False
+
+
+def test_flips_on_cached_integers_equal_flips_on_floats(tmp_path):
+    """Flip-only configurations mirror the uint8 cache and cast per batch; a function (which gets
+    float images) must give exactly the same epochs."""
+    paths = _write_pngs(tmp_path, n=6)
+    config = aug.AugmentConfig(flip_lr=True, flip_ud=True)
+    assert config.flips_only and not aug.AugmentConfig(flip_lr=True, rotation_deg=5).flips_only
+    as_function = aug.augment_fn(config)
+
+    def epochs(augment):
+        ds = aug.make_image_dataset(
+            paths, np.arange(6), image_size_hw=(12, 10), batch_size=4, training=True, seed=2,
+            augment=augment, channels=3,
+        )  # fmt: skip
+        return [_epoch(ds) for _ in range(2)]
+
+    for (xa, ta), (xb, tb) in zip(epochs(config), epochs(lambda im, s: as_function(im, s))):
+        assert xa.dtype == np.float32 and xa.shape == (6, 12, 10, 3)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ta, tb)
+    flipped = aug.random_flip_left_right(tf.constant([[[1], [2]]], tf.uint8), [0, 0], 1.0)
+    assert flipped.dtype == tf.uint8 and flipped.numpy().ravel().tolist() == [2, 1]
