@@ -4,7 +4,7 @@ Each package's training input is run in a fresh interpreter (`python -m bench.be
 --worker PACKAGE WORKDIR`), on phantoms written once into `bench/_work/bench_memory/`:
 
 - mura: `mura.data.make_dataset(records, config="paper", training=True, cache=True)` over about
-  500 phantom radiographs, one epoch (decoding, resizing, filling the in-memory cache, shuffle,
+  340 phantom radiographs, one epoch (decoding, resizing, filling the in-memory cache, shuffle,
   augmentation, batches). The cache is the gray uint8 images at 320 x 320
   (`common.augment.cache_dtype`): N x 320 x 320 bytes.
 - spinenet: `spinenet.data.load_volumes(records)` (the reader, which keeps the volumes it extracts
@@ -31,7 +31,7 @@ from pathlib import Path
 
 GOAL = "<= 1.2"
 PACKAGES = ("mura", "spinenet")
-SIZES = {"mura": 150, "spinenet": 20}  # phantom subjects: ~510 images, 120 discs
+SIZES = {"mura": 100, "spinenet": 12}  # phantom subjects: ~340 images, 72 discs
 QUICK_SIZES = {"mura": 20, "spinenet": 4}
 
 
