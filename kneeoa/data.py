@@ -1102,7 +1102,7 @@ def load_knee(path, crop):
     return image
 
 
-def make_dataset(records, *, config, training, batch_size, seed=0, cache=True):
+def make_dataset(records, *, config, training, batch_size, seed=0, cache="auto"):
     """Builds the `tf.data` pipeline of §3.4 for a model configuration.
 
     Per knee, through the shared builder `common.augment.make_image_dataset`: read (PNG and JPEG
@@ -1123,8 +1123,8 @@ def make_dataset(records, *, config, training, batch_size, seed=0, cache=True):
         batch_size: examples per batch.
         seed: seed of shuffling and augmentation.
         cache: cache decoded, preprocessed knees in memory (True), in a file (a path), not at all
-            (False), or "auto" (in memory below 2 GB of uint8/uint16 images, else in a temporary
-            file).
+            (False), or "auto" (default: in memory below 2 GB of uint8/uint16 images, about 29 000
+            knees at 320 x 224, else in a temporary file removed at exit).
 
     Returns:
         `tf.data.Dataset` of `(images (B, H, W, C) float32 in [0, 1], {output name: (B,) int32
