@@ -1,10 +1,14 @@
-"""Run the benchmarks: `python -m bench [--only NAME ...] [--results FILE]` from the repository root.
+"""Run the benchmarks: `python -m bench [--only NAME ...] [--quick] [--results FILE]` from the repository root.
 
 Discovers the modules `bench/bench_*.py`, runs each one's `run(workdir)` in sorted order (work files
 under `bench/_work/<module>/`, git-ignored), prints a table of name, ratio, goal, whether the goal is
 met and the raw figures, and writes `bench/results.json` atomically. Entries of modules not run this
 time (not selected, or failed) are kept from the previous file; a module that ran replaces all of
-its entries. Exit status: 0 when every selected module ran, 1 when one failed, 2 on bad usage.
+its entries. `--quick` runs each module's small version (`run(workdir, quick=True)`: fewer images
+and steps, still 5 alternating passes) and writes `bench/_work/results_quick.json` instead, so
+smoke figures never replace the measured ones. Every ratio is the median of at least 5 alternating
+passes (`bench.timing`), with the best and worst pass, CPU times and thread counts beside it.
+Exit status: 0 when every selected module ran, 1 when one failed, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_PATH = BENCH_DIR / "results.json"
 WORK_DIR = BENCH_DIR / "_work"
+QUICK_RESULTS_PATH = WORK_DIR / "results_quick.json"
 _GOAL_PATTERN = re.compile(r"^\s*(>=|<=|>|<|≥|≤)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -217,12 +222,13 @@ def write_results(path, results):
         raise
 
 
-def run_modules(modules, work_dir=WORK_DIR):
+def run_modules(modules, work_dir=WORK_DIR, *, quick=False):
     """Import and run each module; returns (entries, modules that ran, modules that failed).
 
     Args:
         modules: module names in `bench`.
         work_dir: parent of each module's work folder.
+        quick: call `run(workdir, quick=True)` (the modules' small versions).
 
     Returns:
         (dict of entries, list of modules that ran, list of modules that failed).
@@ -233,7 +239,8 @@ def run_modules(modules, work_dir=WORK_DIR):
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"[bench] running {module} ...", file=sys.stderr, flush=True)
         try:
-            result = importlib.import_module(f"bench.{module}").run(workdir)
+            run = importlib.import_module(f"bench.{module}").run
+            result = run(workdir, quick=True) if quick else run(workdir)
             tagged = check_entries(module, result)
         except Exception:  # noqa: BLE001  (one failing benchmark must not lose the others)
             traceback.print_exc()
@@ -257,7 +264,14 @@ def main(argv=None):
         metavar="NAME",
         help="run only this module (bench_NAME.py or NAME); repeat for several",
     )
-    parser.add_argument("--results", default=str(RESULTS_PATH), help="results file to update")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help=f"results file to update (default {RESULTS_PATH}; with --quick {QUICK_RESULTS_PATH})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small versions of the benchmarks (a smoke run)"
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmark modules and exit")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -270,7 +284,9 @@ def main(argv=None):
     except ValueError as e:
         print(f"python -m bench: {e}", file=sys.stderr)
         return 2
-    entries, ran, failed = run_modules(chosen)
+    if args.results is None:
+        args.results = str(QUICK_RESULTS_PATH if args.quick else RESULTS_PATH)
+    entries, ran, failed = run_modules(chosen, WORK_DIR, quick=args.quick)
     results = merge(load_results(args.results), entries, ran)
     write_results(args.results, results)
     print(format_table(results))

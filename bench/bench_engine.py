@@ -12,29 +12,15 @@ sweep chose the default N.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
+
+from bench import timing
 
 GOAL = "<= 1.1"
 STEPS = 256
 BATCH = 32
 SWEEP = (1, 4, 16, 64)
-
-
-def _threads():
-    import tensorflow as tf
-
-    try:
-        process_threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        process_threads = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "process_threads": process_threads,
-    }
 
 
 def _build():
@@ -77,12 +63,14 @@ def _engine(steps_per_execution):
     return trainer
 
 
-def run(workdir=None, *, passes=7, sweep=SWEEP):
+def run(workdir=None, *, quick=False, passes=7, sweep=SWEEP):
     import keras
 
     from common.training import DEFAULT_STEPS_PER_EXECUTION
 
     n = DEFAULT_STEPS_PER_EXECUTION
+    if quick:
+        passes, sweep = timing.MIN_PASSES, (1, n)
     dataset = _dataset()
     trainer = _engine(n)
     model = _build()
@@ -129,7 +117,8 @@ def run(workdir=None, *, passes=7, sweep=SWEEP):
             "steps": STEPS,
             "batch": BATCH,
             "passes": int(passes),
-            **_threads(),
+            "machine_shared_with_other_jobs": True,
+            **timing.threads(),
         }
     }
 

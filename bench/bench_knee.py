@@ -4,18 +4,19 @@ Both models take the paper's input (320 x 224 x 3) and stop at `block4_pool`; th
 the att0 / att1 attention branches (BatchNorm, 1x1 convolutions 64 and 16, the 1x1 locally
 connected mask, masked GAP) and their softmax heads, the bare trunk reads the same two feature
 maps through plain global average pooling into the same heads. One training step (forward,
-backward, Adam update) on the same batch of 4, alternating between the two models, best of
-several repeats. Ratio = paper model step / bare trunk step (an overhead: lower is better, goal
-<= 1.10).
+backward, Adam update) on the same batch of 4; passes of `iterations` steps alternate between the
+two models (`bench.timing.alternate`, at least 5 each, after a warm-up). Ratio = median paper
+model step / median bare trunk step (an overhead: lower is better, goal <= 1.10), with the best
+and worst pass ratios, the CPU time per step of each side and the thread counts.
 """
 
 from __future__ import annotations
 
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
+
+from bench import timing
 
 GOAL = "<= 1.10"
 BATCH = 4
@@ -51,42 +52,49 @@ def _step_fn(model):
     return step
 
 
-def _time(step, x, y, iterations):
-    start = time.perf_counter()
-    for _ in range(iterations):
-        loss = step(x, y)
-    float(loss)
-    return (time.perf_counter() - start) / iterations
+def _pass(step, x, y, iterations):
+    def run():
+        for _ in range(iterations):
+            loss = step(x, y)
+        float(loss)
+        return iterations
+
+    return run
 
 
-def run(workdir=None, *, iterations=3, repeats=3):
+def run(workdir=None, *, quick=False, iterations=2, passes=timing.MIN_PASSES):
     import kneeoa
 
+    iterations = 1 if quick else int(iterations)
     paper = kneeoa.build_model("paper")
     bare = _bare_trunk(paper)
     x = tf.constant(
         np.random.default_rng(0).uniform(size=(BATCH, *paper.input_shape[1:])).astype("float32")
     )
     y = tf.constant(np.arange(BATCH) % 5)
-    steps = {"paper": _step_fn(paper), "bare": _step_fn(bare)}
+    steps = {"paper": _step_fn(paper), "bare_trunk": _step_fn(bare)}
     for step in steps.values():
         step(x, y)  # trace, warm up
-    best = {name: float("inf") for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            best[name] = min(best[name], _time(step, x, y, iterations))
+    runs = timing.alternate(
+        {name: _pass(step, x, y, iterations) for name, step in steps.items()}, passes
+    )
+    value, pass_range = timing.ratio(runs["paper"], runs["bare_trunk"])
     return {
         "attention_step_overhead": {
-            "ratio": round(best["paper"] / best["bare"], 3),
+            "ratio": round(value, 3),
             "goal": GOAL,
-            "paper_step_s": round(best["paper"], 4),
-            "bare_trunk_step_s": round(best["bare"], 4),
+            "measure": "time per training step (wall clock)",
+            "pass_ratio_best_worst": pass_range,
+            **timing.summarize("paper", runs["paper"], unit="ms_per_step"),
+            **timing.summarize("bare_trunk", runs["bare_trunk"], unit="ms_per_step"),
             "paper_params": int(paper.count_params()),
             "bare_params": int(bare.count_params()),
             "batch": BATCH,
             "input_shape": list(paper.input_shape[1:]),
             "iterations": iterations,
-            "repeats": repeats,
+            "passes": int(passes),
+            "machine_shared_with_other_jobs": True,
+            **timing.threads(),
         }
     }
 

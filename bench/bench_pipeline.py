@@ -1,52 +1,51 @@
-"""Input-pipeline benchmarks: our `tf.data` pipeline against the papers' Keras generator and a bare loop.
+"""Input-pipeline benchmarks: kneeoa's training pipeline against the papers' Keras generator.
 
-Both entries use the same 500 phantom knee radiographs (512x512, 8-bit grayscale PNG, in two class
-sub-folders, written once into `bench/_work/bench_pipeline/knees/`), the same target size 224x224,
-batch 32 and the same augmentation: horizontal flip, rotation up to 15 degrees, zoom 0.9-1.1.
-Each side is timed over full passes, the sides alternate pass by pass in one process, and the best
-of `passes` passes counts (figures are images per second, higher is better).
+All entries use the same phantom knee radiographs (512x512, 8-bit grayscale PNG, in two class
+sub-folders, written once into `bench/_work/bench_pipeline/knees/`) and the input of the kneeoa
+`paper` preset: 320 x 224, histogram equalisation, random horizontal flip, batch 64.
 
-`pipeline_vs_imagedatagenerator`
-    Ours: `common.augment.make_image_dataset(..., training=True, cache=False)`: read file, decode
-    PNG (`tf.io.decode_png`), gray, resize (area averaging), shuffle, flip + rotate + zoom
-    (one bilinear projective warp), batch 32, prefetch; the whole pass consumed as batches.
-    Reference: `tf_keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True,
-    rotation_range=15, zoom_range=0.1, rescale=1/255).flow_from_directory(target_size=(224, 224),
-    color_mode="grayscale", batch_size=32, interpolation="bilinear")`, the generator the papers' code
-    used: PIL decode and resize, then scipy affine warp per image, in the calling Python thread.
-    (Its zoom draws x and y factors independently; ours draws one. It uses nearest-neighbour
-    resampling by default; we ask it for bilinear like ours.) Ratio = ours / reference, goal >= 5.
+Ours is the pipeline kneeoa's training uses, `kneeoa.data.make_dataset(records, config="paper",
+training=True)` as `kneeoa.train` builds it (tf.io decode in the graph, resize by area averaging,
+gray, equalise, uint8 cache, shuffle, flip, gray repeated to 3 channels, batch, prefetch), with
+TensorFlow's default threads. Uncached (`cache=False`) it decodes every epoch; cached, the first
+pass (untimed) fills the cache and later passes are shuffle + flip + batching.
 
-`cached_pipeline_vs_decode`
-    Ours: the same pipeline with `cache=True`, timed on passes after the first (which fills the
-    cache with decoded, resized images), so a pass is shuffle + augmentation + batching only.
-    Reference: a bare Python loop `cv2.imread(path, IMREAD_GRAYSCALE)` + `cv2.resize(..., (224, 224),
-    INTER_AREA)` over the same files (decoding only, no augmentation, no batching).
-    Ratio = ours / reference, goal >= 2.
+The reference is `tf_keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True,
+rescale=1/255, preprocessing_function=<the same equalisation in NumPy>).flow_from_directory(
+target_size=(320, 224), color_mode="grayscale", batch_size=64, interpolation="box")`: PIL decode
+and box (area) resize, NumPy equalisation and flip per image. (Keras 3 has no ImageDataGenerator
+and its `fit` no `workers` argument, so tf_keras, the test-only reference, provides both.) It runs
+in the calling thread (`imagedatagenerator`) and with two worker threads
+(`imagedatagenerator_workers2`) through `tf_keras.utils.OrderedEnqueuer(workers=2)`, the machinery
+of tf_keras' `Model.fit(workers=2)`. It yields one gray channel where ours repeats it to three.
 
-Threads: the machine this runs on has few cores (2 in CI), so tf.data gets a private thread pool of
-`os.cpu_count()` threads with `max_intra_op_parallelism = 1` (parallelism across images, not
-inside one op, which would oversubscribe the cores). The reference loops run single-threaded as their
-users run them. The first pass of our uncached pipeline includes tracing; best-of-passes removes it.
-Beside the wall-clock figures, each side's process CPU time per image (all threads, cheapest pass)
-is recorded: on a shared machine it shows the work done, which other processes' load does not
-change, while the ratio (wall clock) also credits our use of several cores.
+The sides alternate pass by pass in one process (`bench.timing.alternate`), at least 5 passes each
+after one untimed warm-up pass each; every ratio is of the medians, with the best and worst pass
+ratios, each side's process CPU time per image and the thread counts beside it.
+
+`pipeline_cpu_vs_imagedatagenerator`: CPU ms per image of our uncached pipeline over the
+single-thread generator's (goal <= 0.6: less work per image, whatever the core count).
+`pipeline_vs_imagedatagenerator`: images/s of our uncached pipeline over the single-thread
+generator's (wall clock; reported, goal >= 5 as before).
+`cached_pipeline_vs_imagedatagenerator_workers2`: images/s of our cached epochs over the generator
+with two workers (goal >= 5).
+`cached_pipeline_vs_decode`: images/s of our cached epochs over a bare loop of `cv2.imread` +
+`cv2.resize(INTER_AREA)` over the same files (decoding only; goal >= 2).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench import timing
+
 N_IMAGES = 500
+QUICK_IMAGES = 64
 SOURCE_SIZE = 512
-IMAGE_SIZE_HW = (224, 224)
-BATCH_SIZE = 32
-ROTATION_DEG = 15.0
-ZOOM = 0.1
+PRESET = "paper"
 CLASSES = ("normal", "narrowed")
 
 
@@ -144,168 +143,213 @@ def write_phantom_pngs(folder, n=N_IMAGES, seed=0):
     return paths, labels
 
 
-def _threading_options():
-    import tensorflow as tf
+def _config():
+    from kneeoa.model import resolve_config
 
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
-    options.threading.max_intra_op_parallelism = 1
-    return options
+    return resolve_config(PRESET)
 
 
 def make_pipeline(paths, labels, *, cache):
-    """Our training pipeline for the benchmark (decode, resize, [cache], flip/rotate/zoom, batch 32)."""
-    from common.augment import AugmentConfig
-    from common.augment import make_image_dataset
+    """kneeoa's training pipeline (`kneeoa.data.make_dataset`, paper preset, training=True)."""
+    import pandas as pd
 
-    ds = make_image_dataset(
-        paths,
-        labels,
-        image_size_hw=IMAGE_SIZE_HW,
-        batch_size=BATCH_SIZE,
+    from kneeoa.data import make_dataset
+
+    config = _config()
+    records = pd.DataFrame(
+        {"path": [os.fspath(p) for p in paths], "crop": "full", "kl": np.asarray(labels) * 2}
+    )
+    return make_dataset(
+        records,
+        config=config,
         training=True,
+        batch_size=int(config["batch_size"]),
         seed=0,
-        augment=AugmentConfig(
-            flip_lr=True, rotation_deg=ROTATION_DEG, zoom_range=(1 - ZOOM, 1 + ZOOM)
-        ),
         cache=cache,
     )
-    return ds.with_options(_threading_options())
+
+
+def equalize_numpy(image):
+    """`common.augment.equalize_histogram` in NumPy on a 0..255 float image (the generator's hook)."""
+    values = image / 255.0
+    index = np.clip(np.floor(values * 256).astype(np.int64), 0, 255)
+    hist = np.bincount(index.ravel(), minlength=256).astype(np.float64)
+    cdf = np.cumsum(hist)
+    total = cdf[-1]
+    cdf_min = cdf[hist > 0].min()
+    if total <= cdf_min:
+        return image
+    lut = np.clip((cdf - cdf_min) / (total - cdf_min), 0.0, 1.0)
+    return (lut[index] * 255.0).astype(image.dtype)
 
 
 def make_image_data_generator(folder):
-    """The papers' pipeline: tf_keras ImageDataGenerator.flow_from_directory with the same settings."""
+    """The papers' generator: tf_keras ImageDataGenerator.flow_from_directory, same settings."""
     from tf_keras.preprocessing.image import ImageDataGenerator
 
+    config = _config()
     generator = ImageDataGenerator(
-        horizontal_flip=True,
-        rotation_range=ROTATION_DEG,
-        zoom_range=ZOOM,
+        horizontal_flip=bool(config["augment_flip"]),
         rescale=1.0 / 255,
-        fill_mode="constant",
-        cval=0.0,
+        preprocessing_function=equalize_numpy if config["histogram_equalization"] else None,
     )
     return generator.flow_from_directory(
         str(folder),
-        target_size=IMAGE_SIZE_HW,
+        target_size=tuple(config["image_size_hw"]),
         color_mode="grayscale",
         classes=list(CLASSES),
         class_mode="binary",
-        batch_size=BATCH_SIZE,
+        batch_size=int(config["batch_size"]),
         shuffle=True,
         seed=0,
-        interpolation="bilinear",
+        interpolation="box",
     )
 
 
-def _time_dataset_pass(ds):
-    start, cpu = time.perf_counter(), time.process_time()
-    n = 0
-    for images, _ in ds:
-        n += int(images.shape[0])
-    return n, time.perf_counter() - start, time.process_time() - cpu
+def _dataset_pass(ds):
+    def run():
+        n = 0
+        for images, _ in ds:
+            n += int(images.shape[0])
+        return n
+
+    return run
 
 
-def _time_generator_pass(iterator):
-    start, cpu = time.perf_counter(), time.process_time()
-    n = 0
-    for _ in range(len(iterator)):
-        images, _ = next(iterator)
-        n += images.shape[0]
-    return n, time.perf_counter() - start, time.process_time() - cpu
+def _generator_pass(iterator):
+    def run():
+        n = 0
+        for i in range(len(iterator)):
+            images, _ = iterator[i]
+            n += images.shape[0]
+        iterator.on_epoch_end()
+        return n
+
+    return run
 
 
-def _time_cv2_pass(paths):
+def _enqueuer_pass(iterator, workers):
+    """One epoch of the generator through `OrderedEnqueuer` with `workers` threads (as
+    tf_keras' `fit(workers=...)`); the enqueuer is started per epoch like `fit` does."""
+    from tf_keras.utils import OrderedEnqueuer
+
+    def run():
+        enqueuer = OrderedEnqueuer(iterator, use_multiprocessing=False, shuffle=False)
+        enqueuer.start(workers=workers, max_queue_size=10)
+        try:
+            batches = enqueuer.get()
+            n = 0
+            for _ in range(len(iterator)):
+                images, _ = next(batches)
+                n += images.shape[0]
+        finally:
+            enqueuer.stop()
+        return n
+
+    return run
+
+
+def _cv2_pass(paths, size_hw):
     import cv2
 
-    start, cpu = time.perf_counter(), time.process_time()
-    n = 0
-    for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        cv2.resize(image, IMAGE_SIZE_HW[::-1], interpolation=cv2.INTER_AREA)
-        n += 1
-    return n, time.perf_counter() - start, time.process_time() - cpu
+    def run():
+        for path in paths:
+            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            cv2.resize(image, size_hw[::-1], interpolation=cv2.INTER_AREA)
+        return len(paths)
+
+    return run
 
 
-def _best(results, expected_n):
-    for n, _, _ in results:
-        if n != expected_n:
-            raise RuntimeError(f"a pass saw {n} images, expected {expected_n}")
-    return max(n / seconds for n, seconds, _ in results)
+def _entry(goal, name_a, runs_a, name_b, runs_b, *, cpu=False, common):
+    if cpu:  # CPU time per image of a over b's: lower is better
+        value, pass_range = timing.ratio(runs_a, runs_b, cpu=True)
+    else:  # wall time per image of b over a's = images/s of a over b's: higher is better
+        value, pass_range = timing.ratio(runs_b, runs_a)
+    speeds = {
+        f"{name}_images_per_s": round(1e3 / timing.summarize(name, runs)[f"{name}_ms_per_image"], 1)
+        for name, runs in ((name_a, runs_a), (name_b, runs_b))
+    }
+    return {
+        "ratio": round(value, 3),
+        "goal": goal,
+        "measure": "CPU time per image" if cpu else "images/s (wall clock)",
+        "pass_ratio_best_worst": pass_range,
+        **speeds,
+        **timing.summarize(name_a, runs_a),
+        **timing.summarize(name_b, runs_b),
+        **common,
+    }
 
 
-def _cpu_ms_per_image(results):
-    """Process CPU time (all threads) per image of the cheapest pass: insensitive to other load."""
-    return round(min(cpu / n for n, _, cpu in results) * 1e3, 3)
-
-
-def run(workdir, *, n_images=N_IMAGES, passes=3):
-    """Measure both entries side by side; see the module docstring.
+def run(workdir, *, quick=False, passes=timing.MIN_PASSES, n_images=None):
+    """Measure the four entries side by side; see the module docstring.
 
     Args:
-        workdir: folder for the phantom PNGs and work files.
-        n_images: images in the data set (default 500).
-        passes: timed passes per side; the best counts (default 3).
+        workdir: folder for the phantom PNGs.
+        quick: 64 images instead of 500 (for a smoke test; figures are noisier).
+        passes: alternating passes per side (>= 5).
+        n_images: override the number of images.
 
     Returns:
-        {"pipeline_vs_imagedatagenerator": {...}, "cached_pipeline_vs_decode": {...}}.
+        dict of the four entries.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    n_images = int(n_images or (QUICK_IMAGES if quick else N_IMAGES))
     folder = Path(workdir) / "knees"
     paths, labels = write_phantom_pngs(folder, n=n_images)
-
-    uncached = make_pipeline(paths, labels, cache=False)
     generator = make_image_data_generator(folder)
     if generator.samples != n_images:
         raise RuntimeError(
             f"flow_from_directory found {generator.samples} images, expected {n_images}"
         )
-    ours, reference = [], []
-    for _ in range(passes):
-        ours.append(_time_dataset_pass(uncached))
-        reference.append(_time_generator_pass(generator))
-    ours_ips = _best(ours, n_images)
-    idg_ips = _best(reference, n_images)
-
+    uncached = make_pipeline(paths, labels, cache=False)
     cached = make_pipeline(paths, labels, cache=True)
-    fill_n, fill_seconds, _ = _time_dataset_pass(cached)  # first pass: decodes and fills the cache
-    cached_runs, cv2_runs = [], []
-    for _ in range(passes):
-        cached_runs.append(_time_dataset_pass(cached))
-        cv2_runs.append(_time_cv2_pass(paths))
-    cached_ips = _best(cached_runs, n_images)
-    cv2_ips = _best(cv2_runs, n_images)
-
+    size_hw = tuple(_config()["image_size_hw"])
+    sides = {
+        "tf_data": _dataset_pass(uncached),
+        "tf_data_cached": _dataset_pass(cached),
+        "imagedatagenerator": _generator_pass(generator),
+        "imagedatagenerator_workers2": _enqueuer_pass(generator, 2),
+        "cv2_imread_resize": _cv2_pass(paths, size_hw),
+    }
+    for fn in sides.values():
+        fn()  # warm-up: tracing, the cache filled, files in the page cache
+    runs = timing.alternate(sides, passes)
+    for name, passes_of_side in runs.items():
+        for n, _, _ in passes_of_side:
+            if n != n_images:
+                raise RuntimeError(f"a pass of {name} saw {n} images, expected {n_images}")
+    config = _config()
     common = {
         "n_images": n_images,
-        "passes": passes,
+        "passes": int(passes),
+        "preset": PRESET,
         "source_size": [SOURCE_SIZE, SOURCE_SIZE],
-        "image_size_hw": list(IMAGE_SIZE_HW),
-        "batch_size": BATCH_SIZE,
-        "cpu_count": os.cpu_count(),
+        "image_size_hw": list(size_hw),
+        "batch_size": int(config["batch_size"]),
+        "machine_shared_with_other_jobs": True,
+        **timing.threads(),
     }
     return {
-        "pipeline_vs_imagedatagenerator": {
-            "ratio": round(ours_ips / idg_ips, 3),
-            "goal": ">= 5",
-            "tf_data_images_per_s": round(ours_ips, 1),
-            "imagedatagenerator_images_per_s": round(idg_ips, 1),
-            "tf_data_cpu_ms_per_image": _cpu_ms_per_image(ours),
-            "imagedatagenerator_cpu_ms_per_image": _cpu_ms_per_image(reference),
-            "tf_data_pass_s": [round(s, 3) for _, s, _ in ours],
-            "imagedatagenerator_pass_s": [round(s, 3) for _, s, _ in reference],
-            **common,
-        },
-        "cached_pipeline_vs_decode": {
-            "ratio": round(cached_ips / cv2_ips, 3),
-            "goal": ">= 2",
-            "cached_images_per_s": round(cached_ips, 1),
-            "cv2_imread_resize_images_per_s": round(cv2_ips, 1),
-            "cached_cpu_ms_per_image": _cpu_ms_per_image(cached_runs),
-            "cv2_cpu_ms_per_image": _cpu_ms_per_image(cv2_runs),
-            "cache_fill_images_per_s": round(fill_n / fill_seconds, 1),
-            "cached_pass_s": [round(s, 3) for _, s, _ in cached_runs],
-            "cv2_pass_s": [round(s, 3) for _, s, _ in cv2_runs],
-            **common,
-        },
-    }
+        "pipeline_cpu_vs_imagedatagenerator": _entry(
+            "<= 0.6", "tf_data", runs["tf_data"], "imagedatagenerator",
+            runs["imagedatagenerator"], cpu=True, common=common,
+        ),
+        "pipeline_vs_imagedatagenerator": _entry(
+            ">= 5", "tf_data", runs["tf_data"], "imagedatagenerator",
+            runs["imagedatagenerator"], common=common,
+        ),
+        "cached_pipeline_vs_imagedatagenerator_workers2": _entry(
+            ">= 5", "tf_data_cached", runs["tf_data_cached"], "imagedatagenerator_workers2",
+            runs["imagedatagenerator_workers2"], common=common,
+        ),
+        "cached_pipeline_vs_decode": _entry(
+            ">= 2", "tf_data_cached", runs["tf_data_cached"], "cv2_imread_resize",
+            runs["cv2_imread_resize"], common=common,
+        ),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(run(Path(__file__).resolve().parent / "_work" / "bench_pipeline"))

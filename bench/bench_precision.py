@@ -3,7 +3,8 @@
 Reported with no goal (issue 12.2): the `paper` preset of `kneeoa` (VGG-16 to block4 with the
 att0 / att1 attention branches, 320 x 224 x 3 input), one training step (forward, backward, Adam)
 of a batch of 4 through `common.training.Trainer`, timed over `STEPS` steps per pass, passes
-alternating between the configurations after a warm-up (tracing, XLA compilation) of each. Ratios:
+alternating between the configurations after a warm-up (tracing, XLA compilation) of each, 5
+passes each (medians, best and worst beside them). Ratios:
 `knee_step_mixed_bfloat16_vs_float32` (bfloat16 time over float32 time: above 1 means bfloat16 is
 slower) and `knee_step_jit_vs_plain` (float32 with `jit_compile=True` over without). On a CPU
 without bfloat16 matrix units, bfloat16 is emulated and slower; `--precision auto` never picks it
@@ -12,8 +13,7 @@ on a CPU.
 
 from __future__ import annotations
 
-import statistics
-import time
+from bench import timing
 
 BATCH = 4
 STEPS = 2
@@ -50,7 +50,7 @@ def _trainer(precision, jit_compile):
     )
 
 
-def run(workdir=None, *, passes=3):
+def run(workdir=None, *, quick=False, passes=5):
     import numpy as np
     import tensorflow as tf
 
@@ -69,30 +69,41 @@ def run(workdir=None, *, passes=3):
     dataset = tf.data.Dataset.from_tensors((x, {"att0": y, "att1": y})).repeat(STEPS).cache()
     for trainer in trainers.values():
         trainer.fit(dataset, epochs=1)  # warm-up: tracing, XLA compilation
-    seconds = {name: [] for name in trainers}
-    for _ in range(int(passes)):
-        for name, trainer in trainers.items():
-            start = time.perf_counter()
+
+    def one_pass(trainer):
+        def run():
             trainer.fit(dataset, epochs=1)
-            seconds[name].append((time.perf_counter() - start) / STEPS)
-    median = {k: statistics.median(v) for k, v in seconds.items()}
+            return STEPS
+
+        return run
+
+    runs = timing.alternate({name: one_pass(t) for name, t in trainers.items()}, passes)
+    bf16, bf16_range = timing.ratio(runs["mixed_bfloat16"], runs["float32"])
+    jit, jit_range = timing.ratio(runs["float32_jit"], runs["float32"])
     raw = {
-        **{f"{k}_step_s": round(v, 4) for k, v in median.items()},
-        **{f"{k}_best_worst_s": [round(min(v), 4), round(max(v), 4)] for k, v in seconds.items()},
+        **{
+            k: v
+            for name in trainers
+            for k, v in timing.summarize(name, runs[name], unit="ms_per_step").items()
+        },
         "batch": BATCH,
         "input_shape": list(shape),
         "steps_per_pass": STEPS,
         "passes": int(passes),
+        "machine_shared_with_other_jobs": True,
+        **timing.threads(),
     }
     return {
         "knee_step_mixed_bfloat16_vs_float32": {
-            "ratio": round(median["mixed_bfloat16"] / median["float32"], 3),
+            "ratio": round(bf16, 3),
             "goal": NO_GOAL,
+            "pass_ratio_best_worst": bf16_range,
             **raw,
         },
         "knee_step_jit_vs_plain": {
-            "ratio": round(median["float32_jit"] / median["float32"], 3),
+            "ratio": round(jit, 3),
             "goal": NO_GOAL,
+            "pass_ratio_best_worst": jit_range,
             **raw,
         },
     }

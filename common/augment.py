@@ -12,17 +12,25 @@ right/down. Rotation, zoom and translation compose into one projective warp
 (`tf.raw_ops.ImageProjectiveTransformV3`, bilinear) so the image is resampled once.
 
 `make_image_dataset` reads image files into a batched `tf.data.Dataset`: decode (PNG 8/16-bit and
-plain JPEG with `tf.io`; DICOM, EXIF-rotated JPEG and anything else through
-`common.image_io.read_image`), resize, optional preprocessing, then a cache of the decoded, resized
-images, so that every epoch after the first skips decoding; then shuffling and augmentation.
+plain JPEG with `tf.io` in the graph; DICOM, EXIF-rotated JPEG and anything else through
+`common.image_io.read_image` in a `numpy_function`), optional crop (a tensor slice), resize on the
+decoded integers (the cast to float happens at the model's input size, after the resize), gray,
+optional preprocessing, then rounding to uint8 (uint16 when a source has more than 8 bits) and a
+cache of those small integer images (in memory or in a file), so that every epoch after the first
+skips decoding and a cache takes a quarter (a half) of a float32 one; then shuffling, the cast back
+to float32 in [0, 1] and augmentation. The rounding happens with and without a cache, so training
+(cached) and evaluation (uncached) see the same values.
 `make_volume_dataset` does the same for arrays (or memory maps) of slice stacks.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -45,6 +53,9 @@ _KIND_PNG8 = 0
 _KIND_PNG16 = 1
 _KIND_JPEG = 2
 _KIND_PYTHON = 3  # decoded by common.image_io.read_image (DICOM, EXIF-rotated JPEG, other formats)
+
+CROPS = ("full", "left_half", "right_half")  # crop codes 0, 1, 2 of `image_loader`
+CACHE_LIMIT_BYTES = 2 * 1024**3  # cache="auto": in memory below this, in a file above
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,6 +97,18 @@ def _image(image):
     return image
 
 
+def _image_to_resize(image):
+    """`_image`, but uint8/uint16 stay integers: `tf.image.resize` reads them and returns float32."""
+    image = tf.convert_to_tensor(image)
+    if image.dtype in (tf.uint8, tf.uint16):
+        if image.shape.rank is not None and image.shape.rank not in (3, 4):
+            raise ValueError(
+                f"Expected an image of shape (H, W, C) or (B, H, W, C), got {image.shape}"
+            )
+        return image
+    return _image(image)
+
+
 def _check_fill_mode(fill_mode):
     if fill_mode not in FILL_MODES:
         raise ValueError(f"Unknown fill_mode '{fill_mode}'. Available: {list(FILL_MODES)}")
@@ -109,14 +132,14 @@ def random_flip_left_right(image, seed, probability=0.5):
     """Mirror an image left-right with the given probability.
 
     Args:
-        image: float tensor (H, W, C).
+        image: float (or uint8/uint16) tensor (H, W, C).
         seed: int tensor of shape (2,).
         probability: chance of flipping (default 0.5).
 
     Returns:
-        float32 tensor of the same shape.
+        tensor of the same shape (float32, or the integer type it was given).
     """
-    image = _image(image)
+    image = _image_to_resize(image)  # uint8/uint16 stay integers
     flip = _uniform(seed, 0.0, 1.0) < probability
     return tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
 
@@ -125,14 +148,14 @@ def random_flip_up_down(image, seed, probability=0.5):
     """Mirror an image top-bottom with the given probability.
 
     Args:
-        image: float tensor (H, W, C).
+        image: float (or uint8/uint16) tensor (H, W, C).
         seed: int tensor of shape (2,).
         probability: chance of flipping (default 0.5).
 
     Returns:
-        float32 tensor of the same shape.
+        tensor of the same shape (float32, or the integer type it was given).
     """
-    image = _image(image)
+    image = _image_to_resize(image)  # uint8/uint16 stay integers
     flip = _uniform(seed, 0.0, 1.0) < probability
     return tf.cond(flip, lambda: tf.reverse(image, axis=[-3]), lambda: image)
 
@@ -351,17 +374,19 @@ def resize(image, image_size_hw):
     """Resize to `image_size_hw` (stretching): area averaging when shrinking, else bilinear.
 
     Area averaging (the same as OpenCV's `INTER_AREA`) does not alias when shrinking a radiograph
-    several-fold and costs a third of an antialiased bilinear resize.
+    several-fold and costs a third of an antialiased bilinear resize. Integer images (uint8,
+    uint16) are resized as they are, so the cast to float happens at the output size; the result
+    keeps their scale (0..255, 0..65535).
 
     Args:
-        image: float tensor (H, W, C).
+        image: float or integer tensor (H, W, C).
         image_size_hw: (height, width) of the result.
 
     Returns:
         float32 tensor (height, width, C).
     """
     out_h, out_w = _size_hw(image_size_hw)
-    image = _image(image)
+    image = _image_to_resize(image)
     out = _resize_to(image, [out_h, out_w])
     return tf.ensure_shape(out, image.shape[:-3].concatenate([out_h, out_w, image.shape[-1]]))
 
@@ -369,17 +394,18 @@ def resize(image, image_size_hw):
 def resize_keep_aspect(image, image_size_hw):
     """Resize to fit `image_size_hw` keeping the aspect ratio, then pad with zeros, centred.
 
-    Resampling as `resize`. The geometry equals `common.image_io.read_image_resized(..., keep_aspect=True)`.
+    Resampling as `resize` (integer images too). The geometry equals
+    `common.image_io.read_image_resized(..., keep_aspect=True)`.
 
     Args:
-        image: float tensor (H, W, C).
+        image: float or integer tensor (H, W, C).
         image_size_hw: (height, width) of the result.
 
     Returns:
         float32 tensor (height, width, C).
     """
     out_h, out_w = _size_hw(image_size_hw)
-    image = _image(image)
+    image = _image_to_resize(image)
     if image.shape.rank != 3:
         raise ValueError(f"resize_keep_aspect expects (H, W, C), got {image.shape}")
     shape = tf.shape(image)
@@ -503,6 +529,12 @@ class AugmentConfig:
         return float(self.equalize or 0.0)
 
     @property
+    def flips_only(self):
+        """Whether the configuration only mirrors (no warp, intensity change or equalisation):
+        then it works on integer images as well and keeps their type."""
+        return not (self.has_warp or self.intensity_delta or self.equalize_probability > 0)
+
+    @property
     def has_warp(self):
         """Whether any rotation, translation or zoom is asked for."""
         return bool(self.rotation_deg or any(self.translate_px) or tuple(self.zoom_range) != (1, 1))
@@ -524,7 +556,7 @@ def augment_fn(config):
     def fn(image, seed):
         seed = tf.random.experimental.stateless_fold_in(_seed(seed), int(config.seed))
         seeds = split_seed(seed, 7)
-        image = _image(image)
+        image = _image_to_resize(image) if config.flips_only else _image(image)
         if config.flip_lr:
             image = random_flip_left_right(image, seeds[0])
         if config.flip_ud:
@@ -588,8 +620,18 @@ def _as_targets(targets, n):
     return _as_array(targets, n, "targets")
 
 
-def _scan_image_files(paths):
-    """Check that every file exists and is not empty; choose how each is decoded (int kinds)."""
+def scan_image_files(paths):
+    """Check that every file exists, is not empty and claims a sane size; choose how each decodes.
+
+    Args:
+        paths: image file paths (str).
+
+    Returns:
+        int32 array of decoder kinds, one per path, for `image_loader`.
+
+    Raises:
+        ImageReadError: a file is missing or empty, or its header claims too many pixels.
+    """
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
@@ -626,6 +668,55 @@ def _choose_kind(path, head, tail):
     return _KIND_PYTHON
 
 
+def cache_dtype(kinds):
+    """The integer type images of these sources are kept in: uint8, or uint16 for deeper sources.
+
+    16-bit PNGs and files read by `common.image_io.read_image` (DICOM, typically 12-16 bits, and
+    the rare other formats) get uint16, so rounding never costs them precision that their source
+    had; when every source is an 8-bit PNG or JPEG, uint8 loses nothing but the resize's fractions
+    (at most half a gray level).
+
+    Args:
+        kinds: decoder kinds from `scan_image_files`.
+
+    Returns:
+        `tf.uint8` or `tf.uint16`.
+    """
+    kinds = np.asarray(kinds)
+    deep = np.any((kinds == _KIND_PNG16) | (kinds == _KIND_PYTHON))
+    return tf.uint16 if deep else tf.uint8
+
+
+def quantize(image, dtype):
+    """Round an image in [0, 1] to `dtype` (uint8: 0..255, uint16: 0..65535).
+
+    Args:
+        image: float tensor in [0, 1] (values outside are clipped).
+        dtype: `tf.uint8` or `tf.uint16`.
+
+    Returns:
+        tensor of `dtype`, same shape.
+    """
+    dtype = tf.as_dtype(dtype)
+    scale = float(dtype.max)
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * scale), dtype)
+
+
+def dequantize(image):
+    """The float32 image in [0, 1] of a uint8 / uint16 one (float images are returned as they are).
+
+    Args:
+        image: tensor.
+
+    Returns:
+        float32 tensor.
+    """
+    image = tf.convert_to_tensor(image)
+    if image.dtype in (tf.uint8, tf.uint16):
+        return tf.cast(image, tf.float32) / float(image.dtype.max)
+    return image
+
+
 def _to_gray(image):
     channels = tf.shape(image)[-1]
     weights = tf.constant(RGB_TO_GRAY, dtype=tf.float32)
@@ -640,34 +731,128 @@ def _read_image_numpy(path):
     return read_image(path.decode("utf-8") if isinstance(path, bytes) else str(path))
 
 
-def _decode_fn(kinds):
-    use_python = bool(np.any(kinds == _KIND_PYTHON))
+def _crop(image, crop):
+    """Crop code 0: whole image; 1: left half; 2: right half (a slice, no copy in the graph)."""
+    width = tf.shape(image)[1]
+    half = width // 2
+    crop = tf.cast(crop, tf.int32)
+    start = tf.where(crop == 2, width - half, 0)
+    size = tf.where(crop == 0, width, half)
+    return image[:, start : start + size]
 
-    def decode(path, kind):
+
+def image_loader(kinds, image_size_hw, *, keep_aspect=False, preprocess=None):
+    """The per-file function of `make_image_dataset`: file -> small integer image for its cache.
+
+    Decode in the graph (`tf.io.decode_png` 8/16-bit, `tf.io.decode_jpeg`; a `numpy_function`
+    through `common.image_io.read_image` only for DICOM, EXIF-rotated JPEG and other formats),
+    crop (`CROPS`: a tensor slice), resize the decoded integers (area averaging when shrinking),
+    gray (BT.601 weights, after the resize: both are linear, so the order only changes rounding),
+    scale to [0, 1], preprocess, round to `cache_dtype(kinds)`.
+
+    Args:
+        kinds: decoder kinds of the files (from `scan_image_files`).
+        image_size_hw: (height, width) of the result.
+        keep_aspect: resize keeping the aspect ratio and pad (True) or stretch (False).
+        preprocess: None, "equalize" or a function `fn(image)` on the float image in [0, 1].
+
+    Returns:
+        `load(path, kind, crop=0)` -> uint8 or uint16 tensor `(height, width, 1)`; its `dtype`
+        attribute is that type.
+    """
+    out_h, out_w = _size_hw(image_size_hw)
+    kinds = np.asarray(kinds, dtype=np.int32)
+    dtype = cache_dtype(kinds)
+    use_python = bool(np.any(kinds == _KIND_PYTHON))
+    preprocess_fn = _preprocess_fn(preprocess)
+    resize_fn = resize_keep_aspect if keep_aspect else resize
+
+    def small(image, crop, scale):
+        image = resize_fn(_crop(image, crop), (out_h, out_w))
+        return _to_gray(image) / scale
+
+    def load(path, kind, crop=0):
         def png8():
-            data = tf.io.read_file(path)
-            image = tf.io.decode_png(data, channels=0)
-            return _to_gray(tf.cast(image, tf.float32) / 255.0)
+            image = tf.io.decode_png(tf.io.read_file(path), channels=0)
+            return small(image, crop, 255.0)
 
         def png16():
-            data = tf.io.read_file(path)
-            image = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
-            return _to_gray(tf.cast(image, tf.float32) / 65535.0)
+            image = tf.io.decode_png(tf.io.read_file(path), channels=0, dtype=tf.uint16)
+            return small(image, crop, 65535.0)
 
         def jpeg():
             data = tf.io.read_file(path)
             image = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
-            return _to_gray(tf.cast(image, tf.float32) / 255.0)
+            return small(image, crop, 255.0)
 
         def python():
             image = tf.numpy_function(_read_image_numpy, [path], tf.float32, stateful=False)
-            return tf.reshape(image, tf.concat([tf.shape(image)[:2], [1]], axis=0))
+            image = tf.reshape(image, tf.concat([tf.shape(image)[:2], [1]], axis=0))
+            return small(tf.ensure_shape(image, [None, None, 1]), crop, 1.0)
 
         branches = [png8, png16, jpeg] + ([python] if use_python else [])
         image = tf.switch_case(tf.minimum(kind, len(branches) - 1), branches)
-        return tf.ensure_shape(image, [None, None, 1])
+        image = tf.ensure_shape(image, [out_h, out_w, 1])
+        if preprocess_fn is not None:
+            image = preprocess_fn(image)
+        return tf.ensure_shape(quantize(image, dtype), [out_h, out_w, 1])
 
-    return decode
+    load.dtype = dtype
+    return load
+
+
+def _as_crops(crops, n):
+    if crops is None:
+        return None
+    codes = []
+    for crop in crops:
+        if isinstance(crop, str):
+            if crop not in CROPS:
+                raise DataError(f"unknown crop '{crop}', expected one of {list(CROPS)}")
+            codes.append(CROPS.index(crop))
+        else:
+            codes.append(int(crop))
+    codes = np.asarray(codes, dtype=np.int32)
+    if len(codes) != n:
+        raise DataError(f"crops has {len(codes)} values for {n} examples")
+    if np.any((codes < 0) | (codes >= len(CROPS))):
+        raise DataError(f"crop codes must be in 0..{len(CROPS) - 1}")
+    return codes
+
+
+def _temporary_cache_path():
+    """A cache file name in a fresh temporary folder, removed when the interpreter exits."""
+    folder = tempfile.mkdtemp(prefix="tfdata-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return os.path.join(folder, "images")
+
+
+def resolve_cache(cache, *, n, image_size_hw, dtype, limit_bytes=CACHE_LIMIT_BYTES, cache_dir=None):
+    """Where a cache of `n` images goes: `True` (memory), `False` or a file path.
+
+    Args:
+        cache: True, False, a file path, or "auto": in memory when the `n` images of `dtype` take
+            less than `limit_bytes`, else in a file (`cache_dir/images`, or a temporary folder
+            removed at exit) rather than no cache.
+        n: number of images.
+        image_size_hw: (height, width) of one cached image (one channel).
+        dtype: the cached type (`tf.uint8` or `tf.uint16`).
+        limit_bytes: memory limit of "auto".
+        cache_dir: folder of a file cache (e.g. under the run folder), or None for a temporary one.
+
+    Returns:
+        True, False or a path (str).
+    """
+    if not (isinstance(cache, str) and cache == "auto"):
+        return cache
+    height, width = _size_hw(image_size_hw)
+    size = int(n) * height * width * tf.as_dtype(dtype).size
+    if size < int(limit_bytes):
+        return True
+    if cache_dir is None:
+        return _temporary_cache_path()
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return os.path.join(os.fspath(cache_dir), "images")
 
 
 def _preprocess_fn(preprocess):
@@ -715,6 +900,10 @@ def _finish(
         if buffer > 1:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     fn = _as_augment(augment) if training else None
+    # Flips only reorder pixels: they run on the cached integers (a quarter of the bytes of
+    # float32), and the cast to float32 and the gray-to-RGB repeat run once per batch, after
+    # batching, instead of once per example (the values are the same either way).
+    on_integers = isinstance(augment, AugmentConfig) and augment.flips_only
     if fn is not None:
         # The per-example seed is (a number from a seeded random stream that changes every epoch,
         # the example's index in `paths`): reproducible for `seed`, different from epoch to epoch.
@@ -723,24 +912,27 @@ def _finish(
         def apply(element, random_value):
             element = dict(element)
             example_seed = tf.stack([random_value, tf.cast(element["index"], tf.int64)])
-            element["image"] = tf.ensure_shape(fn(element["image"], example_seed), example_shape)
+            image = element["image"]
+            if not on_integers:
+                image = dequantize(image)  # the cache holds integers: float from here on
+            element["image"] = tf.ensure_shape(fn(image, example_seed), example_shape)
             return element
 
         ds = tf.data.Dataset.zip((ds, stream)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def to_output(element):
-        image = element["image"]
+    def to_output(batch):
+        images = dequantize(batch["image"])
         if channels == 3:
-            image = tf.repeat(image, 3, axis=-1)
-        out = (image,)
+            images = tf.repeat(images, 3, axis=-1)
+        out = (images,)
         if has_targets:
-            out += (element["targets"],)
+            out += (batch["targets"],)
         if has_weights:
-            out += (element["weights"],)
-        return out if len(out) > 1 else image
+            out += (batch["weights"],)
+        return out if len(out) > 1 else images
 
-    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
@@ -776,14 +968,19 @@ def make_image_dataset(
     keep_aspect=False,
     shuffle_buffer=None,
     drop_remainder=False,
+    crops=None,
+    cache_dir=None,
+    cache_limit_bytes=CACHE_LIMIT_BYTES,
 ):
     """A batched `tf.data.Dataset` of images read from files, with targets (and sample weights).
 
-    Pipeline: decode (PNG 8/16-bit and JPEG with `tf.io`; DICOM, JPEG with an EXIF orientation other
-    than 1 and any other format through `common.image_io.read_image`) -> gray -> resize -> preprocess
-    -> cache -> (training) shuffle -> augment -> batch -> prefetch. Augmentation draws a per-example
-    seed from (`seed`'s random stream, which changes every epoch, and the example's index), so two
-    datasets built with the same `seed` yield the same sequence of epochs.
+    Pipeline (`image_loader`): decode (PNG 8/16-bit and JPEG with `tf.io` in the graph; DICOM, JPEG
+    with an EXIF orientation other than 1 and any other format through `common.image_io.read_image`)
+    -> crop -> resize (on the decoded integers) -> gray -> preprocess -> round to uint8 (uint16 for
+    deeper sources) -> cache -> (training) shuffle -> float32 -> augment -> batch -> prefetch.
+    Augmentation draws a per-example seed from (`seed`'s random stream, which changes every epoch,
+    and the example's index), so two datasets built with the same `seed` yield the same sequence of
+    epochs.
 
     Args:
         paths: image file paths.
@@ -793,8 +990,9 @@ def make_image_dataset(
         training: shuffle and augment (True) or keep the order (False).
         seed: seed of shuffling and augmentation.
         augment: an `AugmentConfig`, a function `fn(image, seed)` or None; used only when training.
-        cache: True caches decoded, resized images in memory, a path caches them to that file,
-            False decodes every epoch.
+        cache: True caches decoded, resized images (uint8/uint16) in memory, a path caches them to
+            that file, False decodes every epoch, "auto" keeps them in memory below
+            `cache_limit_bytes` and in a file (under `cache_dir`, else a temporary folder) above.
         preprocess: None, "equalize" (histogram equalisation) or a function `fn(image)`, applied
             before the cache.
         channels: 1 (gray) or 3 (gray repeated, for RGB backbones).
@@ -802,6 +1000,10 @@ def make_image_dataset(
         keep_aspect: resize keeping the aspect ratio and pad with zeros (True) or stretch (False).
         shuffle_buffer: shuffle buffer size (default: all N examples; 2048 with a file cache).
         drop_remainder: drop the last incomplete batch.
+        crops: None, or per path one of `CROPS` ("full", "left_half", "right_half") or its code:
+            the part of the image kept (before resizing).
+        cache_dir: folder of the file cache chosen by `cache="auto"` (default: a temporary one).
+        cache_limit_bytes: memory limit of `cache="auto"`.
 
     Returns:
         tf.data.Dataset of (images (B, H, W, channels) float32 in [0, 1], targets[, weights]), or of
@@ -819,12 +1021,22 @@ def make_image_dataset(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     targets, sample_weights = _check_common(batch_size, targets, sample_weights, n)
-    preprocess_fn = _preprocess_fn(preprocess)
-    kinds = _scan_image_files(paths)
-    decode = _decode_fn(kinds)
-    resize_fn = resize_keep_aspect if keep_aspect else resize
+    crop_codes = _as_crops(crops, n)
+    _preprocess_fn(preprocess)  # an unknown name fails before the files are read
+    kinds = scan_image_files(paths)
+    load_image = image_loader(kinds, (out_h, out_w), keep_aspect=keep_aspect, preprocess=preprocess)
+    cache = resolve_cache(
+        cache,
+        n=n,
+        image_size_hw=(out_h, out_w),
+        dtype=load_image.dtype,
+        limit_bytes=cache_limit_bytes,
+        cache_dir=cache_dir,
+    )
 
     columns = {"path": tf.constant(paths, dtype=tf.string), "kind": kinds, "index": np.arange(n)}
+    if crop_codes is not None:
+        columns["crop"] = crop_codes
     if targets is not None:
         columns["targets"] = targets
     if sample_weights is not None:
@@ -836,11 +1048,8 @@ def make_image_dataset(
 
     def load(element):
         element = dict(element)
-        image = decode(element.pop("path"), element.pop("kind"))
-        image = resize_fn(image, (out_h, out_w))
-        if preprocess_fn is not None:
-            image = preprocess_fn(image)
-        element["image"] = tf.ensure_shape(tf.cast(image, tf.float32), [out_h, out_w, 1])
+        crop = element.pop("crop", 0)
+        element["image"] = load_image(element.pop("path"), element.pop("kind"), crop)
         return element
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)

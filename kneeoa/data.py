@@ -60,12 +60,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
+from common.augment import CROPS
 from common.augment import AugmentConfig
-from common.augment import augment_fn
-from common.augment import equalize_histogram
-from common.augment import resize
+from common.augment import make_image_dataset
 from common.errors import DataError
 from common.errors import missing_listed_file
 from common.fileio import read_text
@@ -107,7 +105,6 @@ SPLIT_NAMES = {
     "auto_test": "auto_test",
 }
 RECORD_COLUMNS = ("path", "crop", "participant_id", "side", "kl", "source", "row", "split")
-CROPS = ("full", "left_half", "right_half")
 NUM_KL_GRADES = 5
 _SKIP_DIRS = ("_phantom_truth", "__MACOSX")
 _MAX_DEPTH = 3
@@ -1113,20 +1110,19 @@ def load_knee(path, crop):
     return image
 
 
-def _load_knee_numpy(path, crop_code):
-    path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
-    return load_knee(path, CROPS[int(crop_code)])
-
-
-def make_dataset(records, *, config, training, batch_size, seed=0, cache=True):
+def make_dataset(records, *, config, training, batch_size, seed=0, cache="auto"):
     """Builds the `tf.data` pipeline of §3.4 for a model configuration.
 
-    Per knee: read (PNG, JPEG or DICOM), cut the bilateral film in the middle when the record says
-    so, resize to `config["image_size_hw"]` (stretching, as the paper resizes every half to the
-    mean size), histogram equalisation (`config["histogram_equalization"]`), cache; when
-    `training`: shuffle and random horizontal flip (`config["augment_flip"]`,
-    `common.augment.augment_fn`, seeded per example and epoch); gray repeated to
-    `config["channels"]`; batch; prefetch.
+    Per knee, through the shared builder `common.augment.make_image_dataset`: read (PNG and JPEG
+    decoded with `tf.io` in the graph, DICOM through `common.image_io.read_image`), cut the
+    bilateral film in the middle when the record says so (a tensor slice), resize to
+    `config["image_size_hw"]` (stretching, as the paper resizes every half to the mean size; the
+    cast to float happens after the resize), histogram equalisation
+    (`config["histogram_equalization"]`), round to uint8 (uint16 for 16-bit PNG and DICOM sources)
+    and cache at the input size; when `training`: shuffle and random horizontal flip
+    (`config["augment_flip"]`, seeded per example and epoch); gray repeated to
+    `config["channels"]`; batch; prefetch. The values fed to the model equal the former PIL reader's
+    (`load_knee`, resize, equalise) within half a gray level of the cached type.
 
     Args:
         records: DataFrame with `path`, `crop` and `kl` (e.g. one split of `load_records`).
@@ -1134,7 +1130,9 @@ def make_dataset(records, *, config, training, batch_size, seed=0, cache=True):
         training: shuffle and augment.
         batch_size: examples per batch.
         seed: seed of shuffling and augmentation.
-        cache: cache decoded, preprocessed knees in memory (True) or not.
+        cache: cache decoded, preprocessed knees in memory (True), in a file (a path), not at all
+            (False), or "auto" (default: in memory below 2 GB of uint8/uint16 images, about 29 000
+            knees at 320 x 224, else in a temporary file removed at exit).
 
     Returns:
         `tf.data.Dataset` of `(images (B, H, W, C) float32 in [0, 1], {output name: (B,) int32
@@ -1173,51 +1171,20 @@ def make_dataset(records, *, config, training, batch_size, seed=0, cache=True):
     paths = [os.fspath(p) for p in records["path"]]
     for path in paths:
         check_image_file(path)
-    crops = np.asarray([CROPS.index(c) for c in records["crop"]], dtype=np.int32)
     labels = kl.astype(np.int32)
-    n = len(paths)
-    height, width = config["image_size_hw"]
-    channels = int(config["channels"])
-    names = output_names(config)
-    equalize = bool(config["histogram_equalization"])
-
-    def load(path, crop, label, index):
-        image = tf.numpy_function(_load_knee_numpy, [path, crop], tf.float32, stateful=False)
-        image = tf.reshape(image, tf.concat([tf.shape(image)[:2], [1]], axis=0))
-        image = resize(tf.ensure_shape(image, [None, None, 1]), (height, width))
-        if equalize:
-            image = equalize_histogram(image)
-        return {"image": tf.ensure_shape(image, [height, width, 1]), "kl": label, "index": index}
-
-    ds = tf.data.Dataset.from_tensor_slices(
-        (np.asarray(paths, dtype=object), crops, labels, np.arange(n, dtype=np.int64))
+    augment = None
+    if training and bool(config["augment_flip"]):
+        augment = AugmentConfig(flip_lr=True, seed=seed)
+    return make_image_dataset(
+        paths,
+        {name: labels for name in output_names(config)},
+        image_size_hw=tuple(config["image_size_hw"]),
+        batch_size=int(batch_size),
+        training=training,
+        seed=seed,
+        augment=augment,
+        cache=cache,
+        preprocess="equalize" if bool(config["histogram_equalization"]) else None,
+        channels=int(config["channels"]),
+        crops=list(records["crop"]),
     )
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        augment = augment_fn(AugmentConfig(flip_lr=bool(config["augment_flip"]), seed=seed))
-        stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-
-        def apply(element, random_value):
-            element = dict(element)
-            example_seed = tf.stack([random_value, element["index"]])
-            element["image"] = tf.ensure_shape(
-                augment(element["image"], example_seed), [height, width, 1]
-            )
-            return element
-
-        ds = tf.data.Dataset.zip((ds, stream)).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def to_output(element):
-        image = element["image"]
-        if channels == 3:
-            image = tf.repeat(image, 3, axis=-1)
-        return image, {name: element["kl"] for name in names}
-
-    ds = ds.map(to_output, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)

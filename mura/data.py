@@ -704,7 +704,9 @@ def study_probabilities(image_frame, image_probs):
 # --------------------------------------------------------------------------- tf.data
 
 
-def make_dataset(records, *, config, training, batch_size=None, seed=0, cache="auto"):
+def make_dataset(
+    records, *, config, training, batch_size=None, seed=0, cache="auto", cache_dir=None
+):
     """A batched `tf.data.Dataset` of the records' images for the model of `config`.
 
     Images are read as gray, stretched to the model's input size (as the slides: "images were
@@ -717,8 +719,13 @@ def make_dataset(records, *, config, training, batch_size=None, seed=0, cache="a
         training: shuffle and augment (True) or keep the order (False).
         batch_size: images per batch; None takes `config.batch_size`.
         seed: seed of shuffling and augmentation.
-        cache: True (decoded images kept in memory), False, a file path, or "auto" (in memory when
-            they take less than 2 GB).
+        cache: True (decoded images kept in memory), False, a file path, or "auto": in memory
+            when they take less than 2 GB, else in a file (`Dataset.cache(filename)` under
+            `cache_dir`, or a temporary folder removed at exit), never off. The cache holds gray
+            uint8 images (uint16 for deeper sources) at the input size, so 2 GB is about 40 000
+            images at 224 x 224 (a float32 cache of three channels held 12 times fewer).
+        cache_dir: folder of the file cache of "auto" (e.g. under the run folder); None for a
+            temporary one.
 
     Returns:
         tf.data.Dataset of `(images (B, H, W, C) float32 in [0, 1], {"abnormal": (B, 1) float32},
@@ -741,8 +748,6 @@ def make_dataset(records, *, config, training, batch_size=None, seed=0, cache="a
     augment = None
     if training and (config.horizontal_flip or config.rotation_deg):
         augment = AugmentConfig(flip_lr=config.horizontal_flip, rotation_deg=config.rotation_deg)
-    if cache == "auto":
-        cache = len(records) * height * width * 4 < _CACHE_LIMIT_BYTES
     return make_image_dataset(
         records["image_path"].tolist(),
         targets,
@@ -754,4 +759,6 @@ def make_dataset(records, *, config, training, batch_size=None, seed=0, cache="a
         cache=cache,
         channels=channels,
         sample_weights=weights,
+        cache_dir=cache_dir,
+        cache_limit_bytes=_CACHE_LIMIT_BYTES,
     )

@@ -1,5 +1,7 @@
 """Tests of common.augment: seeded tf-op augmentations and the image/volume tf.data pipelines."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -193,6 +195,10 @@ def _write_pngs(folder, n=6, shape=(24, 20)):
     return paths
 
 
+HALF_LEVEL_8BIT = 0.5 / 255 + 1e-6  # the rounding of a uint8 cache
+HALF_LEVEL_16BIT = 0.5 / 65535 + 1e-7
+
+
 def _epoch(ds):
     images, targets = [], []
     for x, y in ds:
@@ -216,7 +222,7 @@ def test_dataset_shapes_targets_and_weights(tmp_path):
     np.testing.assert_array_equal(y["kl"], [0, 1, 2, 3])
     assert y["age"].dtype == tf.float32 and w.shape == (4,)
     expected = _np(aug.resize(read_image(paths[1])[..., None], (16, 12)))
-    np.testing.assert_allclose(x[1, ..., :1], expected, atol=1e-6)
+    np.testing.assert_allclose(x[1, ..., :1], expected, atol=HALF_LEVEL_8BIT)  # cached as uint8
 
 
 def test_dataset_decodes_every_format_like_read_image(tmp_path):
@@ -241,19 +247,23 @@ def test_dataset_decodes_every_format_like_read_image(tmp_path):
     images = next(iter(ds)).numpy()
     for i, path in enumerate(paths):
         expected = _np(aug.resize(read_image(path)[..., None], (20, 30)))
-        atol = 0.004 if path.suffix == ".jpg" else 1e-6
+        # a 16-bit PNG and a DICOM among them: all are cached as uint16 (half a level: 7.6e-6)
+        atol = 0.004 if path.suffix == ".jpg" else HALF_LEVEL_16BIT
         np.testing.assert_allclose(images[i], expected, atol=atol, err_msg=path.name)
 
 
-@pytest.mark.parametrize("cache", ["memory", "file"])
+@pytest.mark.parametrize("cache", ["memory", "file", "auto over the limit"])
 def test_dataset_cache_skips_reading_files(tmp_path, cache):
     paths = _write_pngs(tmp_path / "imgs")
-    cache_arg = True if cache == "memory" else str(tmp_path / "cache" / "images")
+    cache_arg = {"memory": True, "file": str(tmp_path / "cache" / "images")}.get(cache, "auto")
     ds = aug.make_image_dataset(
         paths, np.arange(6), image_size_hw=(12, 10), batch_size=4, training=True, seed=3,
         augment=aug.AugmentConfig(flip_lr=True), cache=cache_arg,
+        cache_dir=tmp_path / "run" / "cache", cache_limit_bytes=6 * 12 * 10,  # 720 B: one too many
     )  # fmt: skip
     first, t1 = _epoch(ds)
+    if cache == "auto over the limit":  # a file cache under cache_dir, not "no cache" (issue 19.3)
+        assert "images.index" in {p.name for p in (tmp_path / "run" / "cache").iterdir()}
     for path in paths:
         path.unlink()
     second, t2 = _epoch(ds)  # would fail to read the deleted files without the cache
@@ -305,7 +315,7 @@ def test_dataset_preprocess_equalize_and_keep_aspect(tmp_path):
     )  # fmt: skip
     image = next(iter(ds)).numpy()[0]
     expected = aug.resize_keep_aspect(read_image(path)[..., None], (40, 40))
-    np.testing.assert_allclose(image, _np(aug.equalize_histogram(expected)), atol=1e-6)
+    np.testing.assert_allclose(image, _np(aug.equalize_histogram(expected)), atol=HALF_LEVEL_8BIT)
     np.testing.assert_array_equal(image[:10], 0.0)
     assert image.max() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="Unknown preprocess 'clahe'. Available"):
@@ -377,3 +387,88 @@ def test_resize_matches_read_image_resized(tmp_path, size_hw, keep_aspect):
     fn = aug.resize_keep_aspect if keep_aspect else aug.resize
     ours = _np(fn(read_image(path)[..., None], size_hw))[..., 0]
     np.testing.assert_allclose(ours, read_image_resized(path, size_hw, keep_aspect), atol=1e-5)
+
+
+# --- the loader behind make_image_dataset: integer cache, crops, "auto" cache ----------------
+
+
+@pytest.mark.parametrize("bits, dtype", [(8, tf.uint8), (16, tf.uint16)])
+def test_image_loader_caches_integers_at_input_size_and_crops(tmp_path, bits, dtype):
+    pixel = np.uint8 if bits == 8 else np.uint16
+    top = 255 if bits == 8 else 65535
+    film = np.zeros((30, 41), dtype=pixel)
+    film[:, :20] = top  # left half bright, right half (21 columns) dark with a bright last column
+    film[:, -1] = top
+    path = tmp_path / "film.png"
+    cv2.imwrite(str(path), film)
+    kinds = aug.scan_image_files([str(path)])
+    load = aug.image_loader(kinds, (10, 7))
+    assert load.dtype == dtype
+    images = {crop: load(tf.constant(str(path)), kinds[0], i) for i, crop in enumerate(aug.CROPS)}
+    for image in images.values():
+        assert image.dtype == dtype and image.shape == (10, 7, 1)
+    np.testing.assert_array_equal(images["left_half"], top)
+    right = aug.dequantize(images["right_half"]).numpy()[..., 0]
+    whole = read_image(path)
+    expected = _np(aug.resize(whole[:, -20:, None], (10, 7)))[..., 0]  # last 20 of 41 columns
+    np.testing.assert_allclose(right, expected, atol=0.5 / top + 1e-7)
+    assert right[:, :-1].max() == 0.0 and right[:, -1].min() > 0.0
+    np.testing.assert_allclose(
+        aug.dequantize(images["full"]).numpy()[..., 0],
+        _np(aug.resize(whole[..., None], (10, 7)))[..., 0],
+        atol=0.5 / top + 1e-7,
+    )
+
+
+def test_dataset_crops_and_dequantizes(tmp_path):
+    film = np.zeros((12, 16), dtype=np.uint8)
+    film[:, :8] = 200
+    path = tmp_path / "f.png"
+    cv2.imwrite(str(path), film)
+    ds = aug.make_image_dataset(
+        [path, path], None, image_size_hw=(6, 4), batch_size=2, training=False,
+        crops=["left_half", "right_half"],
+    )  # fmt: skip
+    images = next(iter(ds)).numpy()
+    assert images.dtype == np.float32
+    np.testing.assert_allclose(images[0], 200 / 255, atol=1e-6)
+    np.testing.assert_array_equal(images[1], 0.0)
+    with pytest.raises(DataError, match="unknown crop 'top'"):
+        aug.make_image_dataset([path], None, image_size_hw=(6, 4), batch_size=1, training=False,
+                               crops=["top"])  # fmt: skip
+
+
+def test_resolve_cache_auto_goes_to_a_file_above_the_limit(tmp_path):
+    args = {"n": 100, "image_size_hw": (10, 10)}
+    assert aug.resolve_cache("auto", dtype=tf.uint8, limit_bytes=10_001, **args) is True
+    # 100 uint16 images of 10x10 take 20 000 bytes: over the limit, a file (not "no cache")
+    path = aug.resolve_cache(
+        "auto", dtype=tf.uint16, limit_bytes=10_001, cache_dir=tmp_path / "run", **args
+    )
+    assert path == str(tmp_path / "run" / "images") and (tmp_path / "run").is_dir()
+    temporary = aug.resolve_cache("auto", dtype=tf.uint8, limit_bytes=10_000, **args)
+    assert isinstance(temporary, str) and os.path.isdir(os.path.dirname(temporary))
+    assert aug.resolve_cache(False, dtype=tf.uint8, **args) is False
+
+
+def test_flips_on_cached_integers_equal_flips_on_floats(tmp_path):
+    """Flip-only configurations mirror the uint8 cache and cast per batch; a function (which gets
+    float images) must give exactly the same epochs."""
+    paths = _write_pngs(tmp_path, n=6)
+    config = aug.AugmentConfig(flip_lr=True, flip_ud=True)
+    assert config.flips_only and not aug.AugmentConfig(flip_lr=True, rotation_deg=5).flips_only
+    as_function = aug.augment_fn(config)
+
+    def epochs(augment):
+        ds = aug.make_image_dataset(
+            paths, np.arange(6), image_size_hw=(12, 10), batch_size=4, training=True, seed=2,
+            augment=augment, channels=3,
+        )  # fmt: skip
+        return [_epoch(ds) for _ in range(2)]
+
+    for (xa, ta), (xb, tb) in zip(epochs(config), epochs(lambda im, s: as_function(im, s))):
+        assert xa.dtype == np.float32 and xa.shape == (6, 12, 10, 3)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ta, tb)
+    flipped = aug.random_flip_left_right(tf.constant([[[1], [2]]], tf.uint8), [0, 0], 1.0)
+    assert flipped.dtype == tf.uint8 and flipped.numpy().ravel().tolist() == [2, 1]

@@ -376,3 +376,53 @@ def test_training_flips_and_is_seeded(tmp_path):
     assert set(np.round(stripe_left, 3)) <= {0.0, 1.0}
     assert 0 < stripe_left.sum() < len(stripe_left)
     np.testing.assert_array_equal(two_epochs(3), first)
+
+
+def _old_reader(path, crop, config):
+    """The pipeline's former per-knee path: PIL via `load_knee` at full size in float, resize,
+    equalise (what ran inside `numpy_function` and the map before the cache, issue 19.3)."""
+    from common.augment import equalize_histogram
+    from common.augment import resize
+
+    image = resize(data.load_knee(path, crop)[..., None], config["image_size_hw"])
+    if config["histogram_equalization"]:
+        image = equalize_histogram(image)
+    return image.numpy()
+
+
+def _textured(shape, seed):
+    rng = np.random.default_rng(seed)
+    img = 0.2 + 0.6 * phantoms.smooth_noise(shape, 4.0, rng)
+    img[:, : shape[1] // 3] *= 0.6  # a darker left part: the two halves differ
+    return phantoms.clip01(img)
+
+
+@pytest.mark.parametrize("equalize", [False, True])
+@pytest.mark.parametrize("sources, half_level", [("8-bit", 0.5 / 255), ("deep", 0.5 / 65535)])
+def test_pipeline_feeds_what_the_old_reader_gave(tmp_path, equalize, sources, half_level):
+    import cv2
+
+    if sources == "8-bit":
+        gray = phantoms.write_png(tmp_path / "film8.png", _textured((50, 71), 0))
+        rgb = tmp_path / "rgb.png"
+        colour = np.round(np.stack([_textured((45, 33), s) for s in (1, 2, 3)], -1) * 255)
+        cv2.imwrite(str(rgb), colour.astype(np.uint8))
+        paths = [gray, gray, gray, rgb]
+    else:  # 16-bit PNG and 12-bit DICOM: cached as uint16
+        png16 = phantoms.write_png(tmp_path / "film16.png", _textured((50, 71), 4), bits=16)
+        dicom = phantoms.write_dicom(
+            tmp_path / "film.dcm", _textured((48, 64), 5), bits=12, window=(2048, 4096)
+        )
+        paths = [png16, png16, dicom, dicom]
+    crops = ["full", "left_half", "right_half", "left_half" if sources == "deep" else "full"]
+    records = _records(paths, [0, 1, 2, 3], crops=crops)
+    config = resolve_config("demo", image_size_hw=(24, 18), histogram_equalization=equalize)
+    expected = np.stack([_old_reader(p, c, config) for p, c in zip(paths, crops)])
+    for cache in (False, True):
+        ds = data.make_dataset(records, config=config, training=False, batch_size=4, cache=cache)
+        images, targets = next(iter(ds))
+        np.testing.assert_array_equal(targets["att0"], [0, 1, 2, 3])
+        # within the rounding of the uint8 (uint16) cache: at most half a gray level
+        np.testing.assert_allclose(images.numpy(), expected, atol=half_level + 1e-6, rtol=0)
+    # the halves really differ, so a swapped or missing crop would fail the comparison above
+    assert np.abs(expected[1] - expected[2]).max() > 0.05
