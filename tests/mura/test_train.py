@@ -127,9 +127,31 @@ def test_topk_checkpoints_are_the_best_epochs_by_val_loss(trained):
     assert len(list(topk_dir(trained["run"]).glob("*.weights.h5"))) == 3
 
 
+def _learned(labels, probabilities, patients):
+    """The check: the study AUROC's 95% bootstrap interval (over patients) lies above 0.5,
+    the AUROC of any score that ignores the image."""
+    from mura.evaluate import study_metrics
+
+    parts = np.asarray(["all"] * len(labels))
+    values, ci = study_metrics(labels, probabilities, patients, parts, seed=0, n_boot=500)
+    return ci["study_auroc"][0] > 0.5, values["study_auroc"], ci["study_auroc"]
+
+
 def test_model_learns_the_phantoms(trained):
+    """The short run (10 epochs, 80 x 80) learns abnormality: its study AUROC's interval lies
+    above chance. The bar is chance plus the interval, not a fixed AUROC: seed to seed the run
+    measured 0.65-0.84, so a fixed bar of 0.75 tested the seed. The control: the same
+    probabilities against labels shuffled within body part fail the same check."""
     metrics = json.loads((trained["run"] / "metrics.json").read_text())
-    assert metrics["study_auroc"] >= 0.75, metrics["study_auroc"]
+    low, _high = metrics["ci"]["study_auroc"]
+    assert low > 0.5 and metrics["study_auroc"] >= 0.6, (metrics["study_auroc"], low)
+    table = pd.read_csv(trained["run"] / "predictions.csv")
+    ok, auroc, interval = _learned(table["label"], table["probability"], table["patient"])
+    assert ok, (auroc, interval)  # recomputed from predictions.csv: the same verdict
+    rng = np.random.default_rng(0)
+    shuffled = table.groupby("body_part")["label"].transform(lambda s: rng.permutation(s.values))
+    ok, auroc, interval = _learned(shuffled, table["probability"], table["patient"])
+    assert not ok, ("shuffled labels passed", auroc, interval)
 
 
 def test_localisation_block_in_metrics_and_report(trained):
