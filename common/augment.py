@@ -795,6 +795,12 @@ def image_loader(kinds, image_size_hw, *, keep_aspect=False, preprocess=None):
         image = tf.ensure_shape(image, [out_h, out_w, 1])
         if preprocess_fn is not None:
             image = preprocess_fn(image)
+        # Rounded at its own source's depth first (8-bit PNG and JPEG: 255 levels), so an image
+        # gets the same values whether the set's container is uint8 or, because another source
+        # is deeper, uint16 (k / 255 is stored exactly as k * 257): a film's prediction must not
+        # depend on the files it is read with.
+        levels = tf.where((kind == _KIND_PNG8) | (kind == _KIND_JPEG), 255.0, 65535.0)
+        image = tf.round(tf.clip_by_value(image, 0.0, 1.0) * levels) / levels
         return tf.ensure_shape(quantize(image, dtype), [out_h, out_w, 1])
 
     load.dtype = dtype

@@ -38,7 +38,8 @@ def _as_maps(maps, shape_hw):
     out = np.empty((len(maps), height, width), np.float32)
     for i, item in enumerate(maps):
         item = np.asarray(item, np.float32)
-        item = np.squeeze(item)
+        while item.ndim > 2 and item.shape[-1] == 1:  # (H, W, 1): a channel axis
+            item = item[..., 0]
         if item.ndim != 2:
             raise ValueError(f"map {i}: expected a 2-D map, got shape {np.shape(maps[i])}")
         if item.shape != (height, width):

@@ -420,6 +420,25 @@ def test_image_loader_caches_integers_at_input_size_and_crops(tmp_path, bits, dt
     )
 
 
+def test_an_8_bit_film_reads_the_same_beside_a_16_bit_one(tmp_path):
+    """The set's container type (uint16 once any source is deeper) must not change an 8-bit
+    film's values: it is rounded at its own depth (boneage predict read a PNG beside a DICOM and
+    gave another age than train's evaluate). Control: the 16-bit film keeps its finer levels."""
+    film8 = tmp_path / "a.png"
+    cv2.imwrite(str(film8), RNG.integers(0, 256, size=(37, 29), dtype=np.uint8))
+    film16 = tmp_path / "b.png"
+    cv2.imwrite(str(film16), RNG.integers(0, 65536, size=(37, 29), dtype=np.uint16))
+    alone = aug.scan_image_files([str(film8)])
+    mixed = aug.scan_image_files([str(film8), str(film16)])
+    load_alone, load_mixed = aug.image_loader(alone, (9, 7)), aug.image_loader(mixed, (9, 7))
+    assert (load_alone.dtype, load_mixed.dtype) == (tf.uint8, tf.uint16)
+    a = aug.dequantize(load_alone(tf.constant(str(film8)), alone[0])).numpy()
+    b = aug.dequantize(load_mixed(tf.constant(str(film8)), mixed[0])).numpy()
+    np.testing.assert_array_equal(a, b)
+    deep = aug.dequantize(load_mixed(tf.constant(str(film16)), mixed[1])).numpy()
+    assert np.any(np.abs(deep * 255 - np.round(deep * 255)) > 1e-3)
+
+
 def test_dataset_crops_and_dequantizes(tmp_path):
     film = np.zeros((12, 16), dtype=np.uint8)
     film[:, :8] = 200

@@ -111,3 +111,11 @@ def test_report_shows_the_block_and_panels(tmp_path):
     )
     assert "does the CAM find the lesion" in text and "centre prior" in text
     assert "beats the best content-blind control" in text
+
+
+def test_one_cell_maps_of_tiny_models_are_maps():
+    """A tiny model's attention can be one cell (1, 1) or (1, 1, 1): a constant map, not an error."""
+    masks = _masks(4)
+    for shape in ((1, 1), (1, 1, 1)):
+        scores = localisation.energy_inside(np.ones((4, *shape)), masks)
+        np.testing.assert_allclose(scores, masks.reshape(4, -1).mean(axis=1))
