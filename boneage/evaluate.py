@@ -41,6 +41,7 @@ from common.identifiers import report_caption
 from common.image_io import is_dicom_file
 from common.image_io import read_image
 from common.inference import collect_image_paths
+from common.inference import compiled_forward
 from common.inference import metrics_with_ci
 from common.inference import output_path
 from common.progress import progress
@@ -126,10 +127,11 @@ def input_names(model):
 def predict_ages(model, records, config, batch_size=32, verbose=0):
     """Predicted ages (months, float64 `(N,)`) of `records` in order, without augmentation."""
     ds = make_dataset(records, config=config, training=False, batch_size=batch_size, cache=False)
+    forward = compiled_forward(model)
     out = []
     for batch in progress(ds, desc="evaluate", unit="batches", enabled=bool(verbose)):
         inputs = batch[0] if isinstance(batch, tuple) else batch
-        out.append(np.asarray(model(inputs, training=False)["age_months"], np.float64)[:, 0])
+        out.append(np.asarray(forward(inputs)["age_months"], np.float64)[:, 0])
     return np.concatenate(out)
 
 
@@ -705,6 +707,7 @@ def predict(
     ds = make_dataset(records, config=config, training=False, batch_size=batch_size, cache=False)
     predictions, overlays = [], []
     offset = 0
+    forward = compiled_forward(model)
     for inputs_batch in progress(ds, desc="predict", unit="batches", enabled=bool(verbose)):
         if explain:
             images = np.asarray(inputs_batch["image"])
@@ -720,7 +723,7 @@ def predict(
                 reports.save_png(output_path(out_dir, overlay_names[offset + i]), png)
                 overlays.append(overlay_names[offset + i])
         else:
-            ages = np.asarray(model(inputs_batch, training=False)["age_months"])[:, 0]
+            ages = np.asarray(forward(inputs_batch)["age_months"])[:, 0]
         predictions.extend(float(a) for a in ages)
         offset += len(ages)
     frame = pd.DataFrame(

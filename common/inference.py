@@ -64,3 +64,27 @@ def output_path(out_dir, name):
     """`out_dir/name`, creating `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     return os.path.join(os.fspath(out_dir), name)
+
+
+def compiled_forward(model):
+    """The model's inference pass as one compiled `tf.function` (issue 19.2), for `evaluate`,
+    `predict` and `--explain` loops that feed batches one by one.
+
+    Calling a Keras model eagerly runs every layer op by op from Python; the compiled pass is
+    traced once per input signature (`reduce_retracing`: the short last batch does not trace
+    again) and keeps the weights' current values (it reads the variables, it does not copy
+    them).
+
+    Args:
+        model: a Keras model (or any callable `model(inputs, training=False)`).
+
+    Returns:
+        `fn(inputs)` with the model's outputs (tensors, as the model returns them).
+    """
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(inputs):
+        return model(inputs, training=False)
+
+    return forward

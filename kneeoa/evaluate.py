@@ -18,6 +18,7 @@ from common.identifiers import InputNames
 from common.identifiers import data_name
 from common.identifiers import report_caption
 from common.inference import collect_image_paths
+from common.inference import compiled_forward
 from common.inference import metrics_with_ci
 from common.inference import output_path
 from common.progress import progress
@@ -72,11 +73,11 @@ def model_config(model, model_path=None):
 
 def _predict_all(model, dataset, verbose=0):
     """(probabilities per output, logits per output) over a dataset, batch by batch."""
-    logits_fn = logits_model(model)
+    logits_fn = compiled_forward(logits_model(model))
     probs, logits = {}, {}
     for batch in progress(dataset, desc="evaluate", unit="batches", enabled=bool(verbose)):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        out = logits_fn(images, training=False)
+        out = logits_fn(images)
         for name, value in out.items():
             value = np.asarray(value, dtype=np.float64)
             logits.setdefault(name, []).append(value)
@@ -410,12 +411,13 @@ def predict(
     )
     ds = make_dataset(records, config=config, training=False, batch_size=batch_size, cache=False)
     explainer = explain_model(model) if explain or dicom_out else None
+    forward = compiled_forward(explainer or model)
     names = InputNames(out_dir, link_uids=link_uids)
     test_branch = config["test_branch"]
     rows = []
     offset = 0
     for images, _ in progress(ds, desc="predict", unit="batches", enabled=bool(verbose)):
-        out = (explainer or model)(images, training=False)
+        out = forward(images)
         probs = np.asarray(out[test_branch])
         for i in range(len(probs)):
             record = records.iloc[offset + i]

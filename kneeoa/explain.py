@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.identifiers import report_caption
+from common.inference import compiled_forward
 from common.localisation import localisation_block
 from common.phantom_truth import MAX_SCORED
 from common.phantom_truth import localisation_panels
@@ -53,13 +54,13 @@ def attention_maps(model, records, config, branch, batch_size=32):
     Raises:
         KeyError: the model has no such attention branch.
     """
-    explainer = explain_model(model)
+    explainer = compiled_forward(explain_model(model))
     dataset = make_dataset(
         records, config=config, training=False, batch_size=batch_size, cache=False
     )
     images, maps = [], []
     for batch, _ in dataset:
-        out = explainer(batch, training=False)
+        out = explainer(batch)
         maps.append(np.asarray(out[f"{branch}_mask"])[..., 0])
         images.append(np.asarray(batch)[..., 0])
     return np.concatenate(images), np.concatenate(maps)
