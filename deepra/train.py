@@ -76,7 +76,6 @@ from common.augment import AugmentConfig
 from common.augment import make_volume_dataset
 from common.callbacks import best_weights_path
 from common.callbacks import callback_preset
-from common.cli import write_config
 from common.distribute import is_chief
 from common.distribute import strategy_from_name
 from common.distribute import strategy_name as strategy_name_of
@@ -86,6 +85,7 @@ from common.export import save_all
 from common.image_io import read_image
 from common.options import look_up_option
 from common.reports import write_csv
+from common.run_config import write_config
 from common.training import CHECKPOINT_DIR
 from common.training import Trainer
 from common.training import check_run_dir
