@@ -110,6 +110,7 @@ from deepra.detector import mean_average_precision
 from deepra.evaluate import evaluate_pipeline
 from deepra.joints import build_joint_model
 from deepra.joints import joint_model_config
+from deepra.presets import CALLBACK_PRESETS
 
 _COMMON = {
     "mirror_right_limbs": True,
@@ -358,7 +359,7 @@ def _train_detector(kind, boxes, *, config, out_dir, strategy, resume, seed, ver
         strategy=strategy,
         run_dir=stage_dir,
         callbacks=lambda run_dir: callback_preset(
-            "ra-detector",
+            CALLBACK_PRESETS["ra-detector"],
             run_dir,
             lr_factor=settings["reduce_lr_factor"],
             lr_patience=settings["reduce_lr_patience"],
@@ -552,7 +553,7 @@ def _train_joint_model(key, records, *, config, out_dir, strategy, resume, seed,
         strategy=strategy,
         run_dir=stage_dir,
         callbacks=lambda run_dir: callback_preset(
-            "ra",
+            CALLBACK_PRESETS["ra"],
             run_dir,
             lr_factor=settings["reduce_lr_factor"],
             lr_patience=settings["reduce_lr_patience"],
