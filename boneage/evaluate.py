@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from common.inference import compiled_forward
 from common.inference import metrics_with_ci
 from common.inference import output_path
 from common.progress import progress
+from common.run_config import read_run_config
 
 # RSNA 2017 test set (200 images), not our data: BoneAgeNet's test MAE (paper 003, Table 1,
 # "Final") and the challenge winner's, as the paper quotes it (§I: "mae= 5.6 months vs mae= 4.3").
@@ -80,19 +80,6 @@ def band_labels():
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-def read_run_config(model_path):
-    """The `config.json` of the run that wrote `model_path` (beside it), or {} when absent."""
-    if model_path is None:
-        return {}
-    candidate = Path(model_path).with_name("config.json")
-    if not candidate.is_file():
-        return {}
-    try:
-        return json.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"unreadable run configuration: {error}", path=candidate) from None
 
 
 def model_config(model, run_config=None) -> BoneAgeConfig:

@@ -196,3 +196,15 @@ PRESETS = {
         "minutes.",
     ),
 }
+
+# The training schedule as `common.callbacks.callback_preset` builds it (its fields), from the
+# `paper` preset above. `boneage.train` passes the chosen preset's values over these.
+CALLBACK_PRESETS = {
+    "boneage": {
+        "step_every": PRESETS["paper"].lr_decay_epochs,
+        "step_factor": PRESETS["paper"].lr_decay_factor,
+        "min_lr": PRESETS["paper"].min_learning_rate,
+        "reference": "paper 003 §V: Adam 1e-2 with stepwise decay to a floor of 1e-5 "
+        "(step not given: x0.5/10 epochs)",
+    },
+}

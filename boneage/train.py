@@ -17,6 +17,7 @@ from boneage.model import build_model
 from boneage.model import get_config
 from boneage.model import is_inception_v3_file
 from boneage.model import load_imagenet_inception
+from boneage.presets import CALLBACK_PRESETS
 from common.callbacks import callback_preset
 from common.errors import DataError
 from common.training import check_run_dir
@@ -147,7 +148,7 @@ def train(
         strategy=strategy,
         resume=resume,
         callbacks=lambda run_dir: callback_preset(
-            "boneage",
+            CALLBACK_PRESETS["boneage"],
             run_dir,
             monitor="val_mae",
             initial_lr=config.learning_rate,

@@ -1,17 +1,22 @@
-"""Callback presets, one per paper, built from Keras callbacks and driven by `common.training.Trainer`.
+"""The Keras callbacks of a training schedule, driven by `common.training.Trainer`.
 
-Each preset is a list of Keras callbacks: the paper's learning-rate rule (ReduceLROnPlateau or a
-stepwise schedule), early stopping where the paper stops early, a checkpoint of the best epoch
-(`checkpoints/best.weights.h5`) and of the last one (`checkpoints/last.weights.h5`), and optionally
-TensorBoard. The per-epoch CSV log is `history.csv`, written by the `Trainer` itself: Keras'
-`CSVLogger` appends row by row and would repeat epochs after a run killed between writing a row and
-checkpointing, while the Trainer rewrites the file from its checkpointed history.
+A schedule is data: the fields of `CallbackPreset`, kept per paper in each package's
+`presets.CALLBACK_PRESETS` (`kneeoa`: `knee`; `deepra`: `ra`, `ra-detector`; `spinenet`: `spine`;
+`mura`: `mura`; `boneage`: `boneage`). `callback_preset` turns one into Keras callbacks: the
+learning-rate rule (ReduceLROnPlateau or a stepwise schedule), early stopping where the paper
+stops early, a checkpoint of the best epoch (`checkpoints/best.weights.h5`) and of the last one
+(`checkpoints/last.weights.h5`), and optionally TensorBoard. The per-epoch CSV log is
+`history.csv`, written by the `Trainer` itself: Keras' `CSVLogger` appends row by row and would
+repeat epochs after a run killed between writing a row and checkpointing, while the Trainer
+rewrites the file from its checkpointed history.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Mapping
 
 import keras
 
@@ -44,46 +49,6 @@ class CallbackPreset:
     reference: str = ""
 
 
-PRESETS = {
-    "knee": CallbackPreset(
-        lr_factor=0.1,
-        lr_patience=2,
-        stop_patience=3,
-        reference="paper 000 §3.5: LR x0.1 after 2 epochs without val-loss improvement, stop after 3",
-    ),
-    "ra": CallbackPreset(
-        monitor="val_rmse",
-        lr_factor=0.2,
-        lr_patience=5,
-        reference="paper 001 §4.3.1: LR x0.2 after 5 epochs without val-RMSE improvement, keep the best",
-    ),
-    "ra-detector": CallbackPreset(
-        monitor="val_map",
-        mode="max",
-        lr_factor=0.1,
-        lr_patience=4,
-        stop_patience=5,
-        reference="paper 001 §4.2: LR x0.1 after 4 epochs without val-mAP improvement, stop after 5",
-    ),
-    "spine": CallbackPreset(
-        lr_factor=0.1,
-        lr_patience=5,
-        reference="paper 002 §4: LR x0.1 as the error plateaus (patience not given: 5)",
-    ),
-    "mura": CallbackPreset(
-        lr_factor=0.1,
-        lr_patience=1,
-        reference="paper 004: ReduceLROnPlateau(monitor='val_loss', factor=0.1, patience=1)",
-    ),
-    "boneage": CallbackPreset(
-        step_every=10,
-        step_factor=0.5,
-        min_lr=1e-5,
-        reference="paper 003 §V: Adam 1e-2 with stepwise decay to a floor of 1e-5 (step not given: x0.5/10 epochs)",
-    ),
-}
-
-
 def _temporary_name(path):
     for suffix in (".weights.h5", ".keras", ".h5"):
         if path.endswith(suffix):
@@ -93,18 +58,52 @@ def _temporary_name(path):
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """`ModelCheckpoint` that writes to a temporary name and renames, so a killed run never leaves a
-    half-written checkpoint in place of a good one."""
+    half-written checkpoint in place of a good one.
 
-    def _get_file_path(self, epoch, batch, logs):
-        self._final_path = super()._get_file_path(epoch, batch, logs)
-        return _temporary_name(self._final_path)
+    Public Keras API only: `ModelCheckpoint` writes to its `filepath` (a constructor argument and
+    public attribute) from its public hooks `on_epoch_end` / `on_train_batch_end`. For the length
+    of each hook `filepath` names a temporary file beside the target (same suffix, so Keras'
+    format checks still pass); a file written there is then renamed onto the target
+    (`os.replace`, atomic on one file system). `tests/common/test_callbacks.py` pins the Keras
+    behaviour this relies on. The path must be a fixed name: Keras fills `{epoch}`-style
+    placeholders in privately, so the name it would write could not be known here.
 
-    def _save_model(self, epoch, batch, logs):
-        self._final_path = None
-        super()._save_model(epoch, batch, logs)
-        final = self._final_path
-        if final is not None and os.path.exists(_temporary_name(final)):
-            os.replace(_temporary_name(final), final)
+    Args:
+        filepath: the checkpoint file (`.weights.h5` with `save_weights_only`, else `.keras` or
+            `.h5`), without placeholders.
+        **kwargs: as `keras.callbacks.ModelCheckpoint`.
+    """
+
+    def __init__(self, filepath, **kwargs):
+        super().__init__(filepath, **kwargs)
+        if "{" in self.filepath or "}" in self.filepath:
+            raise ValueError(
+                f"AtomicModelCheckpoint needs a fixed file name. Received: filepath={self.filepath}"
+            )
+
+    def _atomically(self, hook, *args):
+        target = self.filepath
+        temporary = _temporary_name(target)
+        # a temporary file left by a killed run must not be renamed onto the target below
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        self.filepath = temporary
+        try:
+            hook(*args)
+        finally:
+            self.filepath = target
+        if os.path.exists(temporary):
+            os.replace(temporary, target)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq != "epoch":
+            return super().on_epoch_end(epoch, logs)  # saves nothing then
+        self._atomically(super().on_epoch_end, epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return super().on_train_batch_end(batch, logs)  # saves nothing then
+        self._atomically(super().on_train_batch_end, batch, logs)
 
 
 def stepwise_schedule(initial_lr, *, every, factor, floor):
@@ -121,12 +120,13 @@ def stepwise_schedule(initial_lr, *, every, factor, floor):
 
 
 def callback_preset(
-    name, run_dir=None, *, initial_lr=None, tensorboard=False, verbose=0, **overrides
+    preset, run_dir=None, *, initial_lr=None, tensorboard=False, verbose=0, **overrides
 ):
     """The Keras callbacks of a paper's schedule.
 
     Args:
-        name: one of `PRESETS` (`knee`, `ra`, `ra-detector`, `spine`, `mura`, `boneage`).
+        preset: the schedule, a `CallbackPreset` or a mapping of its fields: one of the
+            packages' `presets.CALLBACK_PRESETS`, e.g. `kneeoa.presets.CALLBACK_PRESETS["knee"]`.
         run_dir: where checkpoints (and TensorBoard logs) go; None for no files.
         initial_lr: the starting learning rate, needed by stepwise schedules.
         tensorboard: add a `TensorBoard` callback writing to `run_dir/tensorboard`.
@@ -135,17 +135,28 @@ def callback_preset(
 
     Returns:
         A list of `keras.callbacks.Callback`.
+
+    Raises:
+        ValueError: `preset` is neither a `CallbackPreset` nor a mapping, a field is unknown, or a
+            stepwise schedule lacks `initial_lr`.
     """
-    if name not in PRESETS:
-        raise ValueError(f"Unknown callback preset '{name}'. Available: {sorted(PRESETS)}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(CallbackPreset)})
+    if isinstance(preset, CallbackPreset):
+        preset = dataclasses.asdict(preset)
+    if not isinstance(preset, Mapping):
+        raise ValueError(
+            "A callback preset is a `CallbackPreset` or a mapping of its fields, e.g. "
+            f"kneeoa.presets.CALLBACK_PRESETS['knee']. Received: preset={preset!r}"
+        )
+    fields = {f.name for f in dataclasses.fields(CallbackPreset)}
+    unknown = sorted((set(preset) | set(overrides)) - fields)
     if unknown:
-        raise ValueError(f"Unknown callback preset fields {unknown}.")
-    preset = dataclasses.replace(PRESETS[name], **overrides)
+        raise ValueError(f"Unknown callback preset fields {unknown}. Available: {sorted(fields)}")
+    preset = CallbackPreset(**{**preset, **overrides})
+    name = preset.reference or "this callback preset"
     callbacks = []
     if preset.step_every is not None:
         if initial_lr is None:
-            raise ValueError(f"Callback preset '{name}' is a stepwise schedule: give `initial_lr`.")
+            raise ValueError(f"{name}: a stepwise schedule needs `initial_lr`.")
         callbacks.append(
             keras.callbacks.LearningRateScheduler(
                 stepwise_schedule(

@@ -23,6 +23,8 @@ import traceback
 from common.errors import DataError
 from common.options import option_names
 from common.precision import PRECISIONS
+from common.run_config import TRAIN_LOG  # noqa: F401  (moved there; still importable here)
+from common.run_config import write_config  # noqa: F401  (moved there; still importable here)
 
 # The names of `--strategy`, as `common.distribute.STRATEGIES` (a test keeps the two equal):
 # building the parser must not import TensorFlow, so `--help` and `--version` stay fast.
@@ -434,33 +436,6 @@ def model_summary(model, preset):
         "inputs": inputs,
         "outputs": {n: shape(t) for n, t in zip(names, outputs)},
     }
-
-
-def write_config(run_dir, config, *, echo=True):
-    """Writes the resolved configuration of a run to `RUN/config.json` (atomic) and logs it.
-
-    The full dump (about 50 lines) goes to `RUN/train.log`, appended with a time stamp, so
-    that a resumed run keeps the configuration of each start; the screen gets one line naming
-    both files.
-    """
-    import time
-
-    from common.reports import write_json
-
-    os.makedirs(run_dir, exist_ok=True)
-    config_path = os.path.join(run_dir, "config.json")
-    write_json(config_path, config)
-    if echo:
-        log_path = os.path.join(run_dir, TRAIN_LOG)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        dump = json.dumps(config, indent=1, default=str)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"[{stamp}] Configuration:\n{dump}\n")
-        print(f"Configuration: {config_path} (logged in {log_path})", flush=True)
-
-
-# The run's log file: the configuration of every start of the run (see `write_config`).
-TRAIN_LOG = "train.log"
 
 
 def _set_overrides(args, extras):

@@ -763,10 +763,10 @@ def train_and_export(
         `(trainer, history)`.
     """
     from common.callbacks import best_weights_path
-    from common.cli import write_config
     from common.distribute import strategy_from_name
     from common.distribute import strategy_name as name_of
     from common.export import save_all
+    from common.run_config import write_config
 
     out_dir = os.fspath(out_dir)
     check_run_dir(out_dir, resume)

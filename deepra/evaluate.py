@@ -61,6 +61,7 @@ from common.progress import progress
 from common.progress import progress_callback
 from deepra import data
 from deepra import pipeline
+from deepra.column_weights import read_column_weights
 from deepra.columns import EROSION_COLUMNS
 from deepra.columns import JOINT_COLUMNS
 from deepra.columns import JOINT_MODELS
@@ -761,11 +762,9 @@ def evaluate(
     Returns:
         The metrics dict.
     """
-    from deepra.train import _column_weights
-
     config, models = pipeline.load_run(model)
     if column_weights is not None:
-        config["column_weights"] = _column_weights(column_weights)
+        config["column_weights"] = read_column_weights(column_weights)
     detectors, joints = pipeline.split_models(models)
     films = _run_films(config, data_dir, split)
     test_films = films[films["split"] == split]

@@ -32,7 +32,6 @@ Reference:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -42,6 +41,8 @@ import pandas as pd
 from common.errors import DataError
 from common.export import load_model
 from common.image_io import read_image
+from common.run_config import CONFIG_NAME
+from common.run_config import read_config_file
 from deepra.columns import FOOT_LIMBS
 from deepra.columns import HAND_LIMBS
 from deepra.columns import JOINT_MODELS
@@ -501,19 +502,15 @@ def model_paths(run_dir, suffix):
     return paths
 
 
-def read_run_config(run_dir):
-    """The pipeline configuration of a run (`RUN/config.json`)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise DataError(
-            "no config.json beside the model: give a deepra run's model.h5 / model.keras "
-            "(its run folder holds config.json and models/)",
-            path=path.parent,
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"not a readable config.json: {e}", path=path) from None
+def read_pipeline_config(run_dir):
+    """The pipeline configuration of a run (`RUN/config.json`), which must be a deepra run's."""
+    path = Path(run_dir) / CONFIG_NAME
+    config = read_config_file(
+        path,
+        required=True,
+        missing="no config.json beside the model: give a deepra run's model.h5 / model.keras "
+        "(its run folder holds config.json and models/)",
+    )
     if config.get("package") != "deepra":
         raise DataError("config.json is not a deepra pipeline run's", path=path)
     return config
@@ -542,7 +539,7 @@ def load_run(model_path):
     if suffix not in (".h5", ".keras"):
         raise DataError("a model file must end in .h5 or .keras", path=path)
     run_dir = run_dir_of(path)
-    config = read_run_config(run_dir)
+    config = read_pipeline_config(run_dir)
     other = ".keras" if suffix == ".h5" else ".h5"
     wanted = config.get("models", list(MODEL_NAMES))
     models = {}

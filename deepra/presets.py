@@ -229,3 +229,25 @@ DETECTOR_PRESETS = {
 
 
 PRESETS = {**JOINT_PRESETS, **DETECTOR_PRESETS}
+
+# The training schedules as `common.callbacks.callback_preset` builds them (its fields), from the
+# numbers of §4.2.1 and §4.3.1 above. `deepra.train` passes the chosen preset's values over these.
+CALLBACK_PRESETS = {
+    "ra": {
+        "monitor": _JOINT_TRAINING["monitor"],
+        "lr_factor": _JOINT_TRAINING["reduce_lr_factor"],
+        "lr_patience": _JOINT_TRAINING["reduce_lr_patience"],
+        "reference": "paper 001 §4.3.1: LR x0.2 after 5 epochs without val-RMSE improvement, "
+        "keep the best",
+    },
+    "ra-detector": {
+        # logged by `deepra.train` as `val_map` (the preset's "val_mAP" names the same quantity)
+        "monitor": "val_map",
+        "mode": "max",
+        "lr_factor": _DETECTOR_TRAINING["reduce_lr_factor"],
+        "lr_patience": _DETECTOR_TRAINING["reduce_lr_patience"],
+        "stop_patience": _DETECTOR_TRAINING["early_stopping_patience"],
+        "reference": "paper 001 §4.2: LR x0.1 after 4 epochs without val-mAP improvement, "
+        "stop after 5",
+    },
+}

@@ -76,7 +76,6 @@ from common.augment import AugmentConfig
 from common.augment import make_volume_dataset
 from common.callbacks import best_weights_path
 from common.callbacks import callback_preset
-from common.cli import write_config
 from common.distribute import is_chief
 from common.distribute import strategy_from_name
 from common.distribute import strategy_name as strategy_name_of
@@ -86,6 +85,7 @@ from common.export import save_all
 from common.image_io import read_image
 from common.options import look_up_option
 from common.reports import write_csv
+from common.run_config import write_config
 from common.training import CHECKPOINT_DIR
 from common.training import Trainer
 from common.training import check_run_dir
@@ -96,6 +96,7 @@ from common.weights import record_weights
 from common.weights import weighted_layers
 from deepra import data
 from deepra import pipeline
+from deepra.column_weights import read_column_weights
 from deepra.columns import JOINT_MODELS
 from deepra.columns import score_max
 from deepra.detector import PAPER_WEIGHTS
@@ -106,8 +107,10 @@ from deepra.detector import decode_detections
 from deepra.detector import decode_per_class
 from deepra.detector import detector_config
 from deepra.detector import mean_average_precision
+from deepra.evaluate import evaluate_pipeline
 from deepra.joints import build_joint_model
 from deepra.joints import joint_model_config
+from deepra.presets import CALLBACK_PRESETS
 
 _COMMON = {
     "mirror_right_limbs": True,
@@ -356,7 +359,7 @@ def _train_detector(kind, boxes, *, config, out_dir, strategy, resume, seed, ver
         strategy=strategy,
         run_dir=stage_dir,
         callbacks=lambda run_dir: callback_preset(
-            "ra-detector",
+            CALLBACK_PRESETS["ra-detector"],
             run_dir,
             lr_factor=settings["reduce_lr_factor"],
             lr_patience=settings["reduce_lr_patience"],
@@ -550,7 +553,7 @@ def _train_joint_model(key, records, *, config, out_dir, strategy, resume, seed,
         strategy=strategy,
         run_dir=stage_dir,
         callbacks=lambda run_dir: callback_preset(
-            "ra",
+            CALLBACK_PRESETS["ra"],
             run_dir,
             lr_factor=settings["reduce_lr_factor"],
             lr_patience=settings["reduce_lr_patience"],
@@ -676,8 +679,6 @@ def train(
     Returns:
         The test metrics (dict, as `metrics.json`).
     """
-    from deepra.evaluate import evaluate_pipeline
-
     started = time.time()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     out_dir = Path(out_dir)
@@ -705,7 +706,7 @@ def train(
     split_of = {str(Path(p).resolve()): s for p, s in zip(films["path"], films["split"])}
     boxes["split"] = [split_of.get(str(Path(p).resolve())) for p in boxes["image"]]
     boxes = boxes[boxes["split"].notna()].reset_index(drop=True)
-    column_weights = _column_weights(config["column_weights"])
+    column_weights = read_column_weights(config["column_weights"])
 
     strategy_name = strategy_name_of(strategy)
     strategy = strategy_from_name(strategy) if isinstance(strategy, str) else strategy
@@ -890,36 +891,3 @@ def _limb(path):
     if match is None:
         raise DataError("cannot tell the limb from the film's name", path=path)
     return match["limb"].upper()
-
-
-def _column_weights(spec):
-    """Per-column weights of the weighted metrics: None (all 1), a dict, or a CSV `column,weight`."""
-    from deepra.columns import SCORE_COLUMNS
-
-    if spec is None:
-        return None
-    if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        frame = data._read_csv_text(path, ("column", "weight"))
-        weights = {}
-        for column, weight, row in zip(frame["column"], frame["weight"], frame["_row"]):
-            if column not in SCORE_COLUMNS:
-                raise DataError(f"unknown score column '{column}'", path=path, row=int(row))
-            try:
-                value = float(weight)
-            except ValueError:
-                value = float("nan")
-            if not np.isfinite(value) or value < 0:
-                raise DataError(
-                    f"weight '{weight}' is not a non-negative number",
-                    path=path,
-                    row=int(row),
-                    column="weight",
-                )
-            weights[column] = value
-        return weights
-    weights = {str(k): float(v) for k, v in dict(spec).items()}
-    unknown = sorted(set(weights) - set(SCORE_COLUMNS))
-    if unknown:
-        raise ValueError(f"Unknown score column '{unknown[0]}' in column_weights")
-    return weights

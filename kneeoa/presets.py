@@ -167,3 +167,16 @@ PRESETS = {
     },
     **_table1_presets(),
 }
+
+# The training schedule as `common.callbacks.callback_preset` builds it (its fields), from the
+# numbers of §3.5 above. `kneeoa.train` passes the chosen preset's values over these.
+CALLBACK_PRESETS = {
+    "knee": {
+        "monitor": _PAPER_TRAINING["monitor"],
+        "lr_factor": _PAPER_TRAINING["reduce_lr_factor"],
+        "lr_patience": _PAPER_TRAINING["reduce_lr_patience"],
+        "stop_patience": _PAPER_TRAINING["early_stopping_patience"],
+        "reference": "paper 000 §3.5: LR x0.1 after 2 epochs without val-loss improvement, "
+        "stop after 3",
+    },
+}

@@ -22,6 +22,7 @@ from kneeoa.model import build_model
 from kneeoa.model import output_names
 from kneeoa.model import resolve_config
 from kneeoa.model import trunk_layer_names
+from kneeoa.presets import CALLBACK_PRESETS
 
 
 def _val_accuracy(targets, predictions, *, branch):
@@ -133,7 +134,7 @@ def train(
         strategy=strategy,
         resume=resume,
         callbacks=lambda run_dir: callback_preset(
-            "knee",
+            CALLBACK_PRESETS["knee"],
             run_dir,
             monitor=config["monitor"],
             lr_factor=config["reduce_lr_factor"],

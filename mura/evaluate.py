@@ -28,7 +28,6 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import warnings
@@ -52,6 +51,7 @@ from common.inference import collect_image_paths
 from common.inference import metrics_with_ci
 from common.inference import output_path
 from common.progress import progress
+from common.run_config import read_run_config
 from mura.data import _header_problem
 from mura.data import load_records
 from mura.data import make_dataset
@@ -110,14 +110,7 @@ def model_config(model, model_path=None):
     Returns:
         `(MURAConfig, run_info)`; `run_info` is the whole `config.json` (`{}` without one).
     """
-    run_info = {}
-    if model_path is not None:
-        candidate = Path(model_path).with_name("config.json")
-        if candidate.is_file():
-            try:
-                run_info = json.loads(candidate.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise DataError(f"unreadable run configuration ({exc})", path=candidate) from None
+    run_info = read_run_config(model_path)
     fields = {f.name for f in dataclasses.fields(MURAConfig)}
     known = {k: v for k, v in run_info.items() if k in fields and k != "weights"}
     known["input_shape"] = tuple(int(d) for d in model.input_shape[1:])

@@ -118,3 +118,13 @@ PRESETS = {
         val_fraction=0.15,
     ),
 }
+
+# The training schedule as `common.callbacks.callback_preset` builds it (its fields), from the
+# `paper` preset above. `mura.train` passes the chosen preset's values over these.
+CALLBACK_PRESETS = {
+    "mura": {
+        "lr_factor": PRESETS["paper"].reduce_lr_factor,
+        "lr_patience": PRESETS["paper"].reduce_lr_patience,
+        "reference": "paper 004: ReduceLROnPlateau(monitor='val_loss', factor=0.1, patience=1)",
+    },
+}

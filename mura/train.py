@@ -48,6 +48,7 @@ from mura.model import PRETRAINED_PRESETS
 from mura.model import MURAConfig
 from mura.model import build_model
 from mura.model import get_config
+from mura.presets import CALLBACK_PRESETS
 
 
 def parse_overrides(items):
@@ -195,7 +196,7 @@ def train(
 
     def callbacks(run_dir):
         found = callback_preset(
-            "mura",
+            CALLBACK_PRESETS["mura"],
             run_dir,
             lr_factor=config.reduce_lr_factor if config.reduce_lr_on_plateau else None,
             lr_patience=config.reduce_lr_patience,

@@ -20,7 +20,6 @@ Reference:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -35,6 +34,7 @@ from common.export import load_model
 from common.inference import output_path
 from common.phantom_truth import phantom_truth_root
 from common.progress import progress
+from common.run_config import read_run_config
 from spinenet.augment import VolumeAugmentConfig
 from spinenet.data import CONTEXT_EXTRA_SLICES
 from spinenet.data import CONTEXT_MARGIN_PX
@@ -109,13 +109,7 @@ def model_config(model, model_path=None) -> dict:
         A configuration dict (`spinenet.model.get_config` keys plus what `train` recorded).
     """
     config = get_config("paper")
-    if model_path is not None:
-        candidate = Path(model_path).with_name("config.json")
-        if candidate.is_file():
-            try:
-                config.update(json.loads(candidate.read_text(encoding="utf-8")))
-            except (OSError, ValueError) as error:
-                raise DataError(f"unreadable run configuration: {error}", path=candidate) from None
+    config.update(read_run_config(model_path))
     recorded = list(config.get("tasks") or {})
     names = sorted(
         task_names(model),

@@ -80,3 +80,13 @@ PRESETS = {
         "tta": True,
     },
 }
+
+# The training schedule as `common.callbacks.callback_preset` builds it (its fields), from the
+# numbers of §4 above. `spinenet.train` passes the chosen preset's values over these.
+CALLBACK_PRESETS = {
+    "spine": {
+        "lr_factor": _PAPER["lr_decay_factor"],
+        "lr_patience": _PAPER["lr_patience"],
+        "reference": "paper 002 §4: LR x0.1 as the error plateaus (patience not given: 5)",
+    },
+}

@@ -50,6 +50,7 @@ from spinenet.model import PAPER_WEIGHTS
 from spinenet.model import build_model
 from spinenet.model import get_config
 from spinenet.model import set_input_mean
+from spinenet.presets import CALLBACK_PRESETS
 
 _ARCHITECTURE_KEYS = (
     "input_shape",
@@ -226,7 +227,7 @@ def train(
         strategy=strategy,
         resume=resume,
         callbacks=lambda run_dir: callback_preset(
-            "spine",
+            CALLBACK_PRESETS["spine"],
             run_dir,
             lr_factor=float(config["lr_decay_factor"]),
             lr_patience=int(config["lr_patience"]),

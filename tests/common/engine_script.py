@@ -30,6 +30,7 @@ from common.distribute import strategy_from_name  # noqa: E402
 from common.losses import MaskedSparseCategoricalCrossentropy  # noqa: E402
 from common.precision import set_precision  # noqa: E402
 from common.training import Trainer  # noqa: E402
+from kneeoa.presets import CALLBACK_PRESETS  # noqa: E402
 
 set_precision(os.environ.get("ENGINE_PRECISION", "float32"))
 
@@ -80,7 +81,9 @@ trainer = Trainer(
     optimizer=lambda: keras.optimizers.SGD(0.05),
     strategy=strategy,
     run_dir=RUN_DIR if RUN_DIR != "-" else None,
-    callbacks=lambda d: callback_preset("knee", d, lr_patience=1, stop_patience=None),
+    callbacks=lambda d: callback_preset(
+        CALLBACK_PRESETS["knee"], d, lr_patience=1, stop_patience=None
+    ),
     seed=1,
     verbose=0,
     steps_per_execution=STEPS,

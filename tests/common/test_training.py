@@ -17,7 +17,11 @@ from common.callbacks import callback_preset
 from common.testing import free_ports
 from common.testing import subprocess_env
 from common.training import Trainer
+from deepra.presets import CALLBACK_PRESETS as DEEPRA_CALLBACKS
+from kneeoa.presets import CALLBACK_PRESETS as KNEEOA_CALLBACKS
 
+KNEE = KNEEOA_CALLBACKS["knee"]
+RA = DEEPRA_CALLBACKS["ra"]
 SCRIPT = os.path.join(os.path.dirname(__file__), "engine_script.py")
 
 
@@ -203,7 +207,7 @@ def test_callbacks_reduce_lr_and_stop_early(tmp_path):
         losses={"y": "mse"},
         optimizer=lambda: keras.optimizers.SGD(0.05),
         run_dir=tmp_path,
-        callbacks=lambda d: callback_preset("knee", d),
+        callbacks=lambda d: callback_preset(KNEE, d),
         verbose=0,
     )
     history = trainer.fit(ds, val, epochs=30)
@@ -227,7 +231,7 @@ def test_val_metrics_are_logged_and_monitorable():
         losses={"y": "mse"},
         optimizer=lambda: keras.optimizers.SGD(0.05),
         val_metrics=rmse,
-        callbacks=callback_preset("ra"),
+        callbacks=callback_preset(RA),
         verbose=0,
     )
     history = trainer.fit(ds, ds, epochs=3)
