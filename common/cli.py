@@ -21,6 +21,7 @@ import sys
 import traceback
 
 from common.errors import DataError
+from common.options import VERIFY_DEFAULT_LIMIT
 from common.options import option_names
 from common.precision import PRECISIONS
 from common.run_config import TRAIN_LOG  # noqa: F401  (moved there; still importable here)
@@ -41,7 +42,6 @@ SUBCOMMANDS = (
     "export",
     "serve",
 )
-VERIFY_DEFAULT_LIMIT = 5000
 # The splits `evaluate --split` takes: every package's train makes these three.
 SPLITS = ("test", "val", "train")
 

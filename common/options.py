@@ -47,3 +47,8 @@ def look_up_option(name, options, *, what="preset"):
     close = difflib.get_close_matches(wanted, available, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise ValueError(f"Unknown {what} '{name}'. Available: {available}{hint}")
+
+
+#: `inspect --verify` decodes every image by default below this many image files (CONTRACT.md);
+#: here, in a module without heavy imports, so that both the CLI and `common.verify` read it.
+VERIFY_DEFAULT_LIMIT = 5000

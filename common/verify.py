@@ -13,7 +13,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common.cli import VERIFY_DEFAULT_LIMIT  # noqa: F401  (the one default of `--verify`)
 from common.errors import DataError
 from common.image_io import IMAGE_SUFFIXES
 from common.image_io import check_image_header
@@ -21,6 +20,7 @@ from common.image_io import check_metaimage_header
 from common.image_io import list_images
 from common.image_io import read_image
 from common.image_io import read_metaimage
+from common.options import VERIFY_DEFAULT_LIMIT
 
 FIRST_PATHS = 5
 # The keys `inspect` adds to each package's JSON (CONTRACT.md).

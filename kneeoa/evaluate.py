@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from common.inference import compiled_forward
 from common.inference import metrics_with_ci
 from common.inference import output_path
 from common.progress import progress
+from common.run_config import read_run_config
 from kneeoa.data import load_records
 from kneeoa.data import make_dataset
 from kneeoa.explain import MAP_NAME
@@ -47,11 +47,7 @@ PAPER_BASE = "vgg16"
 def model_config(model, model_path=None):
     """The preprocessing and test-time settings of a model: its run's `config.json` when beside
     the file, else what the model itself shows (input size, channels, outputs)."""
-    config = {}
-    if model_path is not None:
-        candidate = Path(model_path).with_name("config.json")
-        if candidate.is_file():
-            config = json.loads(candidate.read_text())
+    config = dict(read_run_config(model_path))  # bad JSON: a DataError naming the file
     height, width, channels = model.input_shape[1:]
     names = list(model.output_names)
     config.update(

@@ -123,8 +123,8 @@ def localisation_inputs(members, records, config, cams=None, *, limit=None, seed
         dict with `maps`, `untrained`, `masks` (bool, input grid), `images` (gray, input grid, for
         the panels), `records` (the scored rows), or None without phantom truth.
     """
-    from mura.evaluate import make_forward  # mura.evaluate imports this module
-    from mura.evaluate import run_forward
+    from mura.forward import make_forward
+    from mura.forward import run_forward
 
     records = records.reset_index(drop=True)
     root, positions, rows = match_truth(records["image_path"], None)

@@ -15,8 +15,8 @@ LAYERS = ("common", *PACKAGES)
 
 # Known faults outside this change's reach, listed so that the test still runs over everything:
 # common.verify takes the default of `--verify` from common.cli, which calls common.verify.
-KNOWN_CYCLES = [{"common.cli", "common.verify"}]
-KNOWN_CLI_IMPORTS = {"common.verify"}
+KNOWN_CYCLES = []
+KNOWN_CLI_IMPORTS = set()
 
 
 def module_files(root, tops):

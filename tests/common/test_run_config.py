@@ -51,6 +51,7 @@ def test_bad_json_names_the_file(tmp_path, text, reason):
 # Each package's reader of a model's run configuration, called as evaluate calls it. A bad
 # config.json is found before the model is looked at, so no model is built here.
 READERS = [
+    ("kneeoa.evaluate", lambda module, model_path: module.model_config(None, model_path)),
     ("spinenet.evaluate", lambda module, model_path: module.model_config(None, model_path)),
     ("mura.evaluate", lambda module, model_path: module.model_config(None, model_path)),
     ("boneage.evaluate", lambda module, model_path: module.read_run_config(model_path)),
