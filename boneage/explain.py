@@ -36,11 +36,10 @@ import tensorflow as tf
 from boneage.data import make_dataset
 from boneage.model import explain_model
 from common.identifiers import report_caption
-from common.localisation import localisation_block
 from common.phantom_truth import MAX_SCORED
-from common.phantom_truth import localisation_panels
 from common.phantom_truth import match_truth
 from common.phantom_truth import read_mask
+from common.phantom_truth import score_and_draw
 from common.phantom_truth import scored_subset
 from common.phantom_truth import untrained_copy
 
@@ -242,20 +241,10 @@ def localisation(model, records, config, *, limit=MAX_SCORED, seed=UNTRAINED_SEE
     if scored is None:
         return None
     subset = scored["records"]
-    groups = subset["patient_id"].astype(str).to_numpy() if "patient_id" in subset else None
-    block = localisation_block(
-        scored["maps"],
-        scored["masks"],
-        untrained_maps=scored["untrained"],
-        groups=groups,
-        unit="image",
-    )
-    block.update(lesion=LESION_KIND, untrained_seed=int(seed))
     captions = [
         f"{report_caption(p)}: {age:.0f} months"
         for p, age in zip(subset["image_path"], subset["age_months"], strict=True)
     ]
-    panels = localisation_panels(
-        scored["images"], scored["masks"], scored["maps"], scored["untrained"], captions=captions
+    return score_and_draw(
+        scored, captions, unit="image", lesion=LESION_KIND, untrained_seed=int(seed)
     )
-    return block, panels

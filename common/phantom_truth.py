@@ -23,6 +23,7 @@ import pandas as pd
 from common import reports
 from common.image_io import read_image
 from common.localisation import center_prior_maps
+from common.localisation import localisation_block
 
 TRUTH_DIR = "_phantom_truth"
 INDEX_FILE = "index.csv"
@@ -225,3 +226,36 @@ def phantom_truth_root(path, max_depth=2):
                 if child.name != TRUTH_DIR and not child.name.startswith(".")
             )
     return None
+
+
+def score_and_draw(scored, captions, *, unit, group_column="patient_id", **details):
+    """The `localisation` block and report panels of one package's scored maps.
+
+    Args:
+        scored: the package's `localisation_inputs` result: `maps`, `untrained`, `masks`,
+            `images` and `records` (the scored rows).
+        captions: one identifier-free caption per scored row.
+        unit: what one score is about (`knee`, `image`).
+        group_column: the records' column the bootstrap resamples whole (patients); None, or a
+            column the records lack, resamples rows.
+        **details: keys added to the block (`lesion`, `branch`, `untrained_seed`).
+
+    Returns:
+        `(block, panels)`.
+    """
+    records = scored["records"]
+    groups = None
+    if group_column is not None and group_column in records:
+        groups = records[group_column].astype(str).to_numpy()
+    block = localisation_block(
+        scored["maps"],
+        scored["masks"],
+        untrained_maps=scored["untrained"],
+        groups=groups,
+        unit=unit,
+    )
+    block.update(details)
+    panels = localisation_panels(
+        scored["images"], scored["masks"], scored["maps"], scored["untrained"], captions=captions
+    )
+    return block, panels

@@ -23,11 +23,10 @@ import numpy as np
 
 from common.identifiers import report_caption
 from common.inference import compiled_forward
-from common.localisation import localisation_block
 from common.phantom_truth import MAX_SCORED
-from common.phantom_truth import localisation_panels
 from common.phantom_truth import match_truth
 from common.phantom_truth import read_mask
+from common.phantom_truth import score_and_draw
 from common.phantom_truth import scored_subset
 from common.phantom_truth import untrained_copy
 from kneeoa.data import make_dataset
@@ -128,15 +127,16 @@ def localisation(model, records, config, *, limit=MAX_SCORED, seed=UNTRAINED_SEE
     if scored is None:
         return None
     branch, subset = scored["branch"], scored["records"]
-    block = localisation_block(
-        scored["maps"], scored["masks"], untrained_maps=scored["untrained"], unit="knee"
-    )
-    block.update(branch=branch, lesion=LESION_KIND, untrained_seed=int(seed))
     captions = [
         f"{report_caption(p)} KL{int(k)} {branch}"
         for p, k in zip(subset["path"], subset["kl"], strict=True)
     ]
-    panels = localisation_panels(
-        scored["images"], scored["masks"], scored["maps"], scored["untrained"], captions=captions
+    return score_and_draw(
+        scored,
+        captions,
+        unit="knee",
+        group_column=None,
+        branch=branch,
+        lesion=LESION_KIND,
+        untrained_seed=int(seed),
     )
-    return block, panels

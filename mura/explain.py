@@ -18,11 +18,10 @@ import tensorflow as tf
 
 from common.identifiers import report_caption
 from common.image_io import read_image
-from common.localisation import localisation_block
 from common.phantom_truth import MAX_SCORED
-from common.phantom_truth import localisation_panels
 from common.phantom_truth import match_truth
 from common.phantom_truth import read_mask
+from common.phantom_truth import score_and_draw
 from common.phantom_truth import scored_subset
 from common.phantom_truth import untrained_copy
 from mura.model import CAM_FEATURE_LAYER
@@ -171,21 +170,15 @@ def localisation(members, records, config, cams=None, *, seed=UNTRAINED_SEED):
     if scored is None:
         return None
     subset = scored["records"]
-    groups = subset["patient_id"].astype(str).to_numpy() if "patient_id" in subset else None
-    block = localisation_block(
-        scored["maps"],
-        scored["masks"],
-        untrained_maps=scored["untrained"],
-        groups=groups,
-        unit="image",
-    )
-    block.update(lesion="the drawn lesion of abnormal images", untrained_seed=int(seed))
     parts = subset["body_part"] if "body_part" in subset else [""] * len(subset)
     captions = [
         f"{part} {report_caption(p)}: {kind}".strip()
         for p, part, kind in zip(subset["image_path"], parts, scored["kinds"], strict=True)
     ]
-    panels = localisation_panels(
-        scored["images"], scored["masks"], scored["maps"], scored["untrained"], captions=captions
+    return score_and_draw(
+        scored,
+        captions,
+        unit="image",
+        lesion="the drawn lesion of abnormal images",
+        untrained_seed=int(seed),
     )
-    return block, panels
