@@ -162,14 +162,18 @@ class HTMLReport:
                 shown = stats.value_with_ci(value, None)
             else:
                 shown = value
-            row = {"metric": name, "this run [95% CI]": shown}
+            row = {"metric": _metric_label(name), "this run [95% CI]": shown}
             if reference is not None:
                 row[reference_label] = _published(flat_reference.get(name))
             rows.append(row)
         for name, value in flat_reference.items():
             if name not in flat_metrics:
                 rows.append(
-                    {"metric": name, "this run [95% CI]": None, reference_label: _published(value)}
+                    {
+                        "metric": _metric_label(name),
+                        "this run [95% CI]": None,
+                        reference_label: _published(value),
+                    }
                 )
         sentences = []
         if reference is not None:
@@ -348,6 +352,12 @@ class HTMLReport:
     def write(self, path) -> Path:
         """Writes the report to `path` (UTF-8), atomically; parent folders are created."""
         return atomic_write_bytes(path, self.to_html().encode("utf-8"))
+
+
+def _metric_label(name):
+    """A metrics-table row label: `per_branch_accuracy / att0` -> `per branch accuracy / att0`
+    (`plots.readable_label` on each level; the JSON keys stay as they are)."""
+    return " / ".join(plots.readable_label(part) for part in str(name).split(" / "))
 
 
 def _published(value):

@@ -360,9 +360,11 @@ def test_html_metrics_table():
     text = _report().to_html()
     assert "0.631 [0.581, 0.679]" in text
     assert "0.647" in text and "Table 3, OAI/MOST test set" in text
-    assert "per_branch_accuracy / att0" in text and "0.610 [0.550, 0.660]" in text
+    # readable row labels (the JSON keys stay): underscores gone, abbreviations capitalised
+    assert "per branch accuracy / att0" in text and "0.610 [0.550, 0.660]" in text
+    assert "per_branch_accuracy" not in text
     # A paper figure we did not measure still appears, with an empty value beside it.
-    row = re.search(r"<tr><td>kappa_quadratic</td><td>(.*?)</td><td[^>]*>(.*?)</td></tr>", text)
+    row = re.search(r"<tr><td>kappa quadratic</td><td>(.*?)</td><td[^>]*>(.*?)</td></tr>", text)
     assert row is not None and row.group(1) == "–" and row.group(2) == "0.83"
     # Numbers are formatted to 3 significant figures, table columns are the union.
     assert "0.123" in text and "0.1235" not in text
