@@ -41,6 +41,7 @@ import pandas as pd
 from common.errors import DataError
 from common.export import load_model
 from common.image_io import read_image
+from common.inference import compiled_forward
 from common.run_config import CONFIG_NAME
 from common.run_config import read_config_file
 from deepra.columns import FOOT_LIMBS
@@ -461,10 +462,10 @@ def predict_joints(models, films, detections, *, margin=0.0, batch_size=64, expl
         crops = extract_crops(records, (h, w), dtype=np.float32)
         if int(model.input_shape[-1]) == 3:
             crops = np.repeat(crops, 3, axis=-1)
-        runner = explain_joint_model(model) if explain else model
+        runner = compiled_forward(explain_joint_model(model) if explain else model)
         outputs, masks = {}, []
         for start in range(0, len(crops), int(batch_size)):
-            out = runner(crops[start : start + int(batch_size)], training=False)
+            out = runner(crops[start : start + int(batch_size)])
             for name in model.output_names:
                 outputs.setdefault(name, []).append(np.asarray(out[name]).reshape(-1))
             if explain:

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import phantom_truth
+from common.inference import compiled_forward
 from spinenet.augment import VolumeAugmentConfig
 from spinenet.augment import augment_volumes
 from spinenet.augment import invert_maps
@@ -182,9 +183,10 @@ def predict_tta(model, volumes, *, tta=True, shift_px=16, slice_shift=1, batch_s
     # All views of a volume go through the model together (batches of `batch_size` views).
     pending, owners = [], []
     sums = {}
+    forward = compiled_forward(model)  # one trace for the full batches, one for the last
 
     def flush():
-        out = model(np.stack(pending), training=False)
+        out = forward(np.stack(pending))
         for task in tasks:
             probs = np.asarray(out[task], dtype=np.float64)
             if task not in sums:
