@@ -106,7 +106,7 @@ def _work_spinenet(folder):
         data.clear_cache()
         volumes = data.load_volumes(records, progress=False)
         # the training mean as spinenet/train.py computes it (issue 19.3: without a float64 copy)
-        holder["mean"] = np.asarray(volumes, dtype=np.float64).mean(axis=(0, 1, 2))
+        holder["mean"] = np.mean(volumes, axis=(0, 1, 2), dtype=np.float64)
         ds = data.make_dataset(
             records, config=config, training=True, batch_size=int(config["batch_size"]),
             volumes=volumes,

@@ -160,7 +160,9 @@ def train(
         task_targets(frame, config)
     train_volumes = load_volumes(splits["train"], progress=bool(verbose) or None)
     val_volumes = load_volumes(splits["val"], progress=bool(verbose) or None)
-    input_mean = np.asarray(train_volumes, dtype=np.float64).mean(axis=(0, 1, 2))
+    # accumulated in float64 chunk by chunk, without a float64 copy of every volume (issue 19.3:
+    # a 36 MB float32 set peaked at 72 MB more with the copy, 0.07 MB without; same values)
+    input_mean = np.mean(train_volumes, axis=(0, 1, 2), dtype=np.float64)
     weights_by_task = class_weights(splits["train"], config)
     tasks = list(config["tasks"])
     batch = int(config["batch_size"])
